@@ -1,0 +1,6 @@
+"""On-device batched image augmentation built from spec strings."""
+
+from ssl_jax.pp.builder import build, build_views, parse
+from ssl_jax.pp.ops import OPS, register
+
+__all__ = ["OPS", "build", "build_views", "parse", "register"]

@@ -1,0 +1,3 @@
+from ssl_jax.cli import entry
+
+entry()

@@ -1,0 +1,137 @@
+"""Command line: ``python -m ssl_jax --config configs/simclr.py:mnist --workdir runs/a``.
+
+Runs ``config.stages`` in order. Each stage is resumable, so re-running the
+same command after a crash continues where it stopped. Config overrides use
+ml_collections' syntax (``--config.pretrain.steps=2000``); the config is
+locked, so a misspelt key is an error rather than a silent new setting.
+"""
+
+import importlib
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # configs/*.py import configs.common
+    sys.path.insert(0, REPO)
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "simclr.py") + ":mnist"
+
+
+def define_flags():
+    # Defined at start-up, not import: ml_collections checks --config.* overrides
+    # against the config while defining the flag, and may raise there.
+    flags.DEFINE_string("workdir", "", "output directory (default runs/<config>_<variant>)")
+    config_flags.DEFINE_config_file(
+        "config", DEFAULT_CONFIG, "experiment config file[:variant]", lock_config=True
+    )
+
+
+def default_workdir(config_arg: str) -> str:
+    path, _, variant = config_arg.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{name}_{variant}" if variant else name)
+
+
+def configure_xla(config):
+    """Call before the first JAX computation: XLA reads its flags at backend start."""
+    if config.xla_fast_cpu_conv:
+        flag = "--xla_cpu_experimental_ynn_fusion_type="
+        current = os.environ.get("XLA_FLAGS", "")
+        if "ynn_fusion_type" not in current:
+            os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
+
+
+def run_pipeline(config, workdir: str) -> dict:
+    configure_xla(config)
+    from ssl_jax import parallel
+
+    parallel.initialize_distributed(
+        config.distributed.coordinator,
+        config.distributed.num_processes,
+        config.distributed.process_id,
+    )
+    import jax
+
+    from ssl_jax.data.labels import atomic_write_text
+
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        atomic_write_text(
+            os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2)
+        )
+    mesh = parallel.make_mesh()
+    print(
+        f"workdir {workdir}: stages {', '.join(config.stages)} on {mesh.devices.size} "
+        f"{jax.default_backend()} device(s)"
+    )
+    results = {}
+    for stage in config.stages:
+        module = importlib.import_module(f"ssl_jax.stages.{stage}")
+        results[stage] = module.run(config, workdir, mesh)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = flags.FLAGS.config
+        config.stages  # noqa: B018  (a config that failed to load raises here)
+    except OSError as e:  # a config file that does not exist or does not load
+        bad_command_line(" ".join(str(e).split()))
+    workdir = flags.FLAGS.workdir or default_workdir(
+        config_flags.get_config_filename(flags.FLAGS["config"])
+    )
+    from ssl_jax.stages.pretrain import NonFiniteLoss
+
+    try:
+        results = run_pipeline(config, workdir)
+    except (NonFiniteLoss, FileNotFoundError, ValueError) as e:
+        if os.environ.get("SSL_JAX_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if "probe" in results:
+        from ssl_jax.stages.report import results_table
+
+        print("\n" + results_table(results["probe"]) + "\n")
+    if os.path.exists(os.path.join(workdir, "report.md")):
+        print(f"report: {os.path.join(workdir, 'report.md')}")
+    print(json.dumps({"workdir": workdir}))
+
+
+def bad_command_line(message: str):
+    if "Traceback" in message:  # an exception inside get_config: its last line says it
+        message = [line for line in message.splitlines() if line.strip()][-1]
+    print(f"error: bad command line: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ml_collections raises these for an override of a key the locked config lacks.
+_OVERRIDE_ERRORS = (AttributeError, KeyError, TypeError, ValueError)
+
+
+def _override_message(e: Exception) -> str:
+    text = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    return f"unknown config key or bad value: {text}"
+
+
+def parse_flags(argv):
+    """absl's parser, with every bad flag or override reported as one line, exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        bad_command_line(str(e))
+    except _OVERRIDE_ERRORS as e:
+        bad_command_line(_override_message(e))
+
+
+def entry():
+    try:
+        define_flags()
+    except _OVERRIDE_ERRORS as e:
+        bad_command_line(_override_message(e))
+    app.run(main, flags_parser=parse_flags)

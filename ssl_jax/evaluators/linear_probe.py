@@ -1,0 +1,99 @@
+"""Linear probe: multinomial logistic regression on frozen, standardised features.
+
+All L2 strengths of the grid train at once (vmap) full-batch in one jitted
+loop; the strength with the best val accuracy is kept and its test accuracy
+reported, the protocol of SimCLR's linear evaluation on cached features.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+@partial(jax.jit, static_argnames=("num_classes", "steps"))
+def fit(x, y, l2_grid, *, num_classes, steps, lr):
+    """Returns (weights [G, D, C], biases [G, C]) for each L2 strength."""
+    onehot = jax.nn.one_hot(y, num_classes)
+    tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
+
+    def train_one(l2):
+        def loss_fn(p):
+            logits = x @ p["w"] + p["b"]
+            xent = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
+            return xent + 0.5 * l2 * jnp.sum(p["w"] ** 2)
+
+        p = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+
+        def body(_, carry):
+            p, s = carry
+            g = jax.grad(loss_fn)(p)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        p, _ = jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))
+        return p["w"], p["b"]
+
+    return jax.vmap(train_one)(l2_grid)
+
+
+class Evaluator:
+    def __init__(
+        self,
+        l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+        steps: int = 500,
+        lr: float = 0.01,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        prefix: str = "linear",
+    ):
+        self.l2_grid, self.steps, self.lr = tuple(l2_grid), steps, lr
+        self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
+        self.prefix = prefix
+
+    def run(self, features: dict) -> dict:
+        x, y = features[self.train_split]
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        norm = lambda a: jnp.asarray((a - mean) / std)
+        num_classes = (
+            int(
+                max(
+                    y.max(),
+                    *(
+                        features[s][1].max()
+                        for s in (self.val_split, self.test_split)
+                        if s in features and len(features[s][1])
+                    ),
+                )
+            )
+            + 1
+        )
+        w, b = fit(
+            norm(x),
+            jnp.asarray(y),
+            jnp.asarray(self.l2_grid, jnp.float32),
+            num_classes=num_classes,
+            steps=self.steps,
+            lr=self.lr,
+        )
+
+        def accuracy(split):
+            xs, ys = features[split]
+            pred = jnp.argmax(jnp.einsum("nd,gdc->gnc", norm(xs), w) + b[:, None], axis=-1)
+            return np.mean(np.asarray(pred) == ys[None], axis=1)
+
+        has = lambda s: s in features and len(features[s][0]) > 0
+        # Without a val split, fall back to the middle of the grid rather than test-set selection.
+        best = (
+            int(np.argmax(accuracy(self.val_split)))
+            if has(self.val_split)
+            else len(self.l2_grid) // 2
+        )
+        out = {f"{self.prefix}_l2": float(self.l2_grid[best])}
+        for split in (self.val_split, self.test_split):
+            if has(split):
+                out[f"{self.prefix}_{split}_acc"] = float(accuracy(split)[best])
+        return out

@@ -1,0 +1,169 @@
+"""Turns spec strings like ``"random_resized_crop(28)|flip_lr|value_range(-1, 1)"``
+into batched, jittable augmentation functions.
+
+Specs come from config files, so they are parsed with ``ast`` and only
+literal arguments are accepted; nothing in a spec is ever executed.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ssl_jax.pp.ops import OPS
+
+BatchFn = Callable[[jax.Array, jax.Array], jax.Array]
+_OPEN, _CLOSE = "([{", ")]}"
+
+
+def _split_top_level(spec: str) -> list[str]:
+    """Splits on ``|`` outside brackets and string literals."""
+    pieces, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(spec):
+        if quote:
+            if ch == quote and spec[i - 1] != "\\":
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch in _OPEN:
+            depth += 1
+        elif ch in _CLOSE:
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            pieces.append(spec[start:i])
+            start = i + 1
+    pieces.append(spec[start:])
+    return pieces
+
+
+# Plain arithmetic on numbers is allowed on top of ast.literal_eval so that
+# defaults can be written the way papers state them, e.g. ratio=(3/4, 4/3).
+_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+_ARITH[ast.Div] = operator.truediv
+
+
+def _literal(node: ast.AST):
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        pass
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+        a, b = _literal(node.left), _literal(node.right)
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+            return _ARITH[type(node.op)](a, b)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        v = _literal(node.operand)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return -v if isinstance(node.op, ast.USub) else v
+    elif isinstance(node, ast.Tuple | ast.List):
+        vals = [_literal(e) for e in node.elts]
+        return tuple(vals) if isinstance(node, ast.Tuple) else vals
+    raise ValueError("not a literal")
+
+
+def _parse_piece(piece: str) -> tuple[str, tuple, dict]:
+    text = piece.strip()
+    bad = ValueError(f"malformed op {piece!r}: expected name or name(literal args)")
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        raise bad from None
+    if isinstance(node, ast.Name):
+        name, args, kwargs = node.id, (), {}
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(
+            k.arg is None for k in node.keywords
+        ):
+            raise bad
+        try:
+            args = tuple(_literal(a) for a in node.args)
+            kwargs = {k.arg: _literal(k.value) for k in node.keywords}
+        except ValueError:
+            raise ValueError(f"malformed op {piece!r}: arguments must be literals") from None
+        name = node.func.id
+    else:
+        raise bad
+    if name not in OPS:
+        raise ValueError(f"unknown op {name!r} in {piece!r}; known ops: {', '.join(sorted(OPS))}")
+    return name, args, kwargs
+
+
+def parse(spec: str) -> list[tuple[str, tuple, dict]]:
+    """``"a(1, k=2)|b"`` -> ``[("a", (1,), {"k": 2}), ("b", (), {})]``.
+
+    An empty or blank spec is the empty pipeline; an empty element between
+    ``|`` separators is an error.
+    """
+    if not spec.strip():
+        return []
+    return [_parse_piece(piece) for piece in _split_top_level(spec)]
+
+
+def _to_float(images) -> jax.Array:
+    images = jnp.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected images [B, H, W, C] with C in (1, 3), got {images.shape}")
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return images.astype(jnp.float32)  # assumed to be in [0, 1] already
+    raise ValueError(f"images must be uint8 or floating, got {images.dtype}")
+
+
+def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
+    """Returns a pure ``fn(key, images) -> float32 images`` applying ``spec``.
+
+    Example ``b`` uses key ``split(key, B)[b]``, and op ``i`` of the chain
+    folds ``i`` into it, so editing one op leaves the others' draws intact.
+    Ops run under vmap, so every example has the same output shape. When
+    ``B`` is a multiple of ``chunk_size`` larger than it, the batch is
+    processed in chunks with ``lax.map``, which keeps intermediates small
+    (measured 1.4x faster than one vmap at 224x224) and gives the same
+    result as the unchunked path.
+    """
+    fns = []
+    for name, args, kwargs in parse(spec):
+        try:
+            fns.append(OPS[name](*args, **kwargs))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad arguments for op {name!r} in {spec!r}: {e}") from e
+
+    def one(key, image):
+        for i, fn in enumerate(fns):
+            image = fn(jax.random.fold_in(key, i), image)
+        return image
+
+    def apply(key, images):
+        x = _to_float(images)
+        b = x.shape[0]
+        keys = jax.random.split(key, b)
+        if chunk_size and b > chunk_size and b % chunk_size == 0:
+            n = b // chunk_size
+            xs = x.reshape(n, chunk_size, *x.shape[1:])
+            ks = keys.reshape(n, chunk_size, *keys.shape[1:])
+            out = jax.lax.map(lambda kx: jax.vmap(one)(*kx), (ks, xs))
+            return out.reshape(b, *out.shape[2:])
+        return jax.vmap(one)(keys, x)
+
+    return apply
+
+
+def build_views(views: dict[str, str], *, chunk_size: int | None = 64) -> Callable:
+    """Returns ``fn(key, images) -> {name: images}``, one pipeline per view.
+
+    View ``name`` gets ``fold_in(key, i)`` with ``i`` its position among the
+    *sorted* view names, so the randomness does not depend on dict order
+    (which config round-trips may not preserve). Distinct views thus differ
+    even when their specs are identical, as a two-view SimCLR recipe needs.
+    """
+    fns = {name: build(spec, chunk_size=chunk_size) for name, spec in views.items()}
+    index = {name: i for i, name in enumerate(sorted(views))}
+
+    def apply(key, images):
+        return {name: fn(jax.random.fold_in(key, index[name]), images) for name, fn in fns.items()}
+
+    return apply

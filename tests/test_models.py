@@ -1,0 +1,267 @@
+"""Tests for ssl_jax.models: name resolution, feature shapes, parameter counts, BN state."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.models import get_model, parse_name
+from ssl_jax.models.heads import LinearClassifier, ProjectionHead
+from ssl_jax.models.vit import patchify, sincos_posemb_2d, unpatchify
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _images(shape, seed=1):
+    return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+
+
+def _abstract_init(model, shape):
+    """Variables (as ShapeDtypeStructs) and output shape without running the model."""
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(KEY, x), x)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    return variables, out
+
+
+def _num_params(variables):
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+
+
+# --- name resolution -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, module, variant",
+    [
+        ("resnet:18", "resnet", "18"),
+        ("resnet:50", "resnet", "50"),
+        ("vit:ti/4", "vit", "ti/4"),
+        ("vit:s/16", "vit", "s/16"),
+        ("cnn", "cnn", None),
+        ("cnn:small", "cnn", "small"),
+        ("cnn:base", "cnn", "base"),
+    ],
+)
+def test_get_model_resolves(name, module, variant):
+    model = get_model(name)
+    assert type(model) is importlib.import_module(f"ssl_jax.models.{module}").Model
+    assert model.variant == variant
+    assert parse_name(name) == (module, variant)
+
+
+def test_get_model_passes_kwargs():
+    model = get_model("resnet:34", width=0.5, cifar_stem=True)
+    assert (model.variant, model.width, model.cifar_stem) == ("34", 0.5, True)
+    assert model.num_features == 256
+
+
+@pytest.mark.parametrize("name", ["nope", "nope:1", "heads", "resnet:", "", "../resnet"])
+def test_get_model_unknown_raises(name):
+    with pytest.raises(ValueError):
+        get_model(name)
+
+
+@pytest.mark.parametrize("name", ["resnet:99", "vit:xl/16", "vit:s", "cnn:huge"])
+def test_bad_variant_raises(name):
+    model = get_model(name)
+    with pytest.raises(ValueError):
+        _abstract_init(model, (1, 32, 32, 3))
+
+
+# --- output shapes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape, dim",
+    [
+        ("resnet:18", dict(cifar_stem=True, width=0.25), (2, 16, 16, 3), 128),
+        ("vit:ti/4", {}, (2, 32, 32, 3), 192),
+        ("cnn", {}, (2, 28, 28, 1), 128),
+        ("cnn:base", {}, (2, 28, 28, 1), 256),
+    ],
+)
+def test_feature_dims(name, kw, shape, dim):
+    model = get_model(name, **kw)
+    x = _images(shape)
+    variables = model.init(KEY, x)
+    out = model.apply(variables, x)
+    assert out.shape == (shape[0], dim)
+    assert out.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(out)))
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape, dim",
+    [
+        ("resnet:18", dict(cifar_stem=True), (2, 32, 32, 3), 512),
+        ("resnet:18", dict(cifar_stem=True, width=0.5), (2, 32, 32, 3), 256),
+        ("resnet:34", {}, (2, 224, 224, 3), 512),
+        ("resnet:50", {}, (2, 224, 224, 3), 2048),
+        ("resnet:50", dict(cifar_stem=True, width=0.5), (2, 32, 32, 3), 1024),
+        ("resnet:18", {}, (2, 224, 224, 3), 512),
+        ("vit:b/16", {}, (2, 224, 224, 3), 768),
+        ("vit:s/16", dict(pool="gap"), (2, 224, 224, 3), 384),
+    ],
+)
+def test_feature_dims_abstract(name, kw, shape, dim):
+    # Shape inference only: full-size models are too slow to run eagerly on CPU.
+    model = get_model(name, **kw)
+    _, out = _abstract_init(model, shape)
+    assert out.shape == (shape[0], dim)
+    assert model.num_features == dim
+
+
+def test_vit_tokens():
+    x = _images((2, 32, 32, 3))
+    model = get_model("vit:ti/4")
+    variables = model.init(KEY, x)
+    tokens = model.apply(variables, x, method=model.tokens)
+    assert tokens.shape == (2, 1 + 64, 192)
+    # The pooled feature of the "cls" model is the class token's output.
+    np.testing.assert_allclose(model.apply(variables, x), tokens[:, 0], rtol=1e-6, atol=1e-6)
+
+    gap = get_model("vit:ti/4", pool="gap", posemb="sincos2d")
+    variables = gap.init(KEY, x)
+    tokens = gap.apply(variables, x, method=gap.tokens)
+    assert tokens.shape == (2, 64, 192)
+    assert "pos_embedding" not in variables["params"]
+    np.testing.assert_allclose(gap.apply(variables, x), tokens.mean(1), rtol=1e-5, atol=1e-5)
+
+
+def test_vit_explicit_fields_override_variant():
+    model = get_model("vit:s/16", width=64, depth=2, num_heads=2, mlp_dim=128, patch_size=8)
+    variables, out = _abstract_init(model, (2, 32, 32, 3))
+    assert out.shape == (2, 64)
+    enc = variables["params"]["encoder"]
+    assert sorted(k for k in enc if k.startswith("block")) == ["block0", "block1"]
+    assert variables["params"]["embedding"]["kernel"].shape == (8 * 8 * 3, 64)
+    assert variables["params"]["pos_embedding"].shape == (1, 16, 64)
+
+
+def test_patchify_roundtrip_and_posemb():
+    x = _images((2, 8, 12, 3))
+    patches = patchify(x, 4)
+    assert patches.shape == (2, 6, 4 * 4 * 3)
+    # Patch 1 is the second patch of the first row: rows 0-3, columns 4-7.
+    np.testing.assert_array_equal(patches[:, 1], x[:, :4, 4:8].reshape(2, -1))
+    np.testing.assert_array_equal(unpatchify(patches, 4, (2, 3), 3), x)
+    with pytest.raises(ValueError):
+        patchify(x, 5)
+    pe = sincos_posemb_2d(2, 3, 16)
+    assert pe.shape == (1, 6, 16)
+    assert len({tuple(np.round(np.asarray(r), 6)) for r in pe[0]}) == 6  # all positions differ
+
+
+# --- parameter counts (reference: torchvision / original ViT, without classifier) -------
+
+
+@pytest.mark.parametrize(
+    "name, shape, expected",
+    [
+        ("resnet:18", (1, 224, 224, 3), 11.18e6),
+        ("resnet:50", (1, 224, 224, 3), 23.51e6),
+        ("vit:b/16", (1, 224, 224, 3), 85.80e6),
+    ],
+)
+def test_param_counts(name, shape, expected):
+    variables, _ = _abstract_init(get_model(name), shape)
+    n = _num_params(variables)
+    assert abs(n - expected) / expected < 0.02, f"{name}: {n} params, expected ~{expected:.0f}"
+
+
+# --- BatchNorm state, determinism, dtypes ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape",
+    [
+        ("cnn", {}, (4, 28, 28, 1)),
+        ("resnet:18", dict(cifar_stem=True, width=0.25), (4, 16, 16, 3)),
+        ("resnet:50", dict(cifar_stem=True, width=0.125), (4, 8, 8, 3)),
+    ],
+)
+def test_batch_stats_train_and_eval(name, kw, shape):
+    model = get_model(name, **kw)
+    x = _images(shape) * 3.0 + 1.0
+    variables = model.init(KEY, x)
+    assert set(variables) == {"params", "batch_stats"}
+
+    out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert out.shape[0] == shape[0]
+    before, after = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updates)
+    assert len(before) == len(after)
+    assert all(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(before, after, strict=True))
+
+    # Eval mode needs no mutable collection and is deterministic.
+    e1 = model.apply(variables, x, train=False)
+    e2 = model.apply(variables, x)
+    np.testing.assert_array_equal(e1, e2)
+    # Eval uses running statistics, so it differs from the batch-statistics output.
+    assert not np.allclose(e1, out)
+
+
+def test_vit_dropout_only_in_train():
+    model = get_model("vit:ti/4", depth=2, dropout=0.5)
+    x = _images((2, 16, 16, 3))
+    variables = model.init(KEY, x)
+    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(a, b)
+
+
+def test_resnet_zero_init_residual():
+    model = get_model("resnet:18", width=0.125, cifar_stem=True)
+    variables = model.init(KEY, jnp.zeros((1, 32, 32, 3)))
+    block = variables["params"]["stage2_block1"]
+    assert np.all(np.asarray(block["conv2"]["bn"]["scale"]) == 0)
+    assert np.all(np.asarray(block["conv1"]["bn"]["scale"]) == 1)
+    assert "proj" in block  # channel change + stride needs a projection shortcut
+    off = get_model("resnet:18", width=0.125, cifar_stem=True, zero_init_residual=False)
+    block = off.init(KEY, jnp.zeros((1, 32, 32, 3)))["params"]["stage1_block1"]
+    assert np.all(np.asarray(block["conv2"]["bn"]["scale"]) == 1)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet:18", "vit:ti/8"])
+def test_low_precision_compute_keeps_float32_params(name):
+    model = get_model(name, dtype=jnp.bfloat16)
+    variables, out = _abstract_init(model, (2, 32, 32, 3))
+    assert {v.dtype for v in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert out.dtype == jnp.float32
+
+
+# --- heads ----------------------------------------------------------------------------
+
+
+def test_projection_head():
+    x = _images((4, 32))
+    head = ProjectionHead(hidden_dim=64, out_dim=16)
+    variables = head.init(KEY, x)
+    assert head.apply(variables, x).shape == (4, 16)
+    out, updates = head.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert out.shape == (4, 16)
+    assert "bn0" in updates["batch_stats"]
+    # No BN on the output layer, and the hidden Dense has no bias (BN supplies it).
+    assert set(variables["params"]) == {"fc0", "bn0", "fc1"}
+    assert "bias" not in variables["params"]["fc0"]
+
+    deep = ProjectionHead(hidden_dim=64, out_dim=8, num_layers=3, use_bn=False)
+    variables = deep.init(KEY, x)
+    assert "batch_stats" not in variables
+    assert set(variables["params"]) == {"fc0", "fc1", "fc2"}
+    assert deep.apply(variables, x).shape == (4, 8)
+
+    linear = ProjectionHead(out_dim=8, num_layers=1)
+    assert set(linear.init(KEY, x)["params"]) == {"fc0"}
+
+
+def test_linear_classifier_zero_init():
+    x = _images((3, 32))
+    clf = LinearClassifier(num_classes=10)
+    variables = clf.init(KEY, x)
+    logits = clf.apply(variables, x)
+    assert logits.shape == (3, 10)
+    np.testing.assert_array_equal(logits, np.zeros((3, 10), np.float32))

@@ -1,0 +1,325 @@
+import builtins
+import colorsys
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax.pp import OPS, build, build_views, parse
+from ssl_jax.pp.ops import hsv_to_rgb, rgb_to_hsv
+
+B, H, W = 8, 16, 16
+
+
+def _images(c=3, h=H, w=W, b=B, seed=0):
+    return np.random.RandomState(seed).randint(0, 256, (b, h, w, c)).astype(np.uint8)
+
+
+@functools.cache
+def _jitted(spec, chunk_size=64):
+    # One compiled function per spec, so repeated calls do not recompile.
+    return jax.jit(build(spec, chunk_size=chunk_size))
+
+
+def _run(spec, images, seed=0, **kw):
+    return np.asarray(_jitted(spec, **kw)(jax.random.key(seed), images))
+
+
+# Random ops, set up so that two keys must give different outputs.
+RANDOM_SPECS = [
+    "random_resized_crop(12)",
+    "random_resized_crop((10, 12), scale=(0.3, 1.0))",
+    "random_crop(12, padding=2)",
+    "random_crop(16, padding=4, padding_mode='reflect')",
+    "flip_lr",
+    "color_jitter(p=1)",
+    "color_jitter(0.4, 0.4, 0.4, 0.1, p=1, random_order=False)",
+    "grayscale(p=0.5)",
+    "gaussian_blur(p=1)",
+    "solarize(p=0.5)",
+]
+
+
+@pytest.mark.parametrize("spec", RANDOM_SPECS)
+def test_random_op_shape_range_and_keys(spec):
+    x = _images()
+    a, a2, b = _run(spec, x, 0), _run(spec, x, 0), _run(spec, x, 1)
+    assert a.dtype == np.float32
+    assert a.shape[0] == B and a.shape[-1] == 3
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, a2)
+    assert not np.allclose(a, b)
+
+
+def test_output_sizes():
+    x = _images()
+    assert _run("random_resized_crop(12)", x).shape == (B, 12, 12, 3)
+    assert _run("random_resized_crop((10, 12))", x).shape == (B, 10, 12, 3)
+    assert _run("random_crop(12, padding=2)", x).shape == (B, 12, 12, 3)
+    assert _run("center_crop(8)", x).shape == (B, 8, 8, 3)
+    assert _run("resize((8, 10))", x).shape == (B, 8, 10, 3)
+    # An int resizes the shorter side and keeps the aspect ratio.
+    assert _run("resize(8)", _images(h=16, w=12)).shape == (B, 11, 8, 3)
+
+
+PROB_OPS = ["flip_lr", "color_jitter", "grayscale", "gaussian_blur", "solarize"]
+
+
+@pytest.mark.parametrize("name", PROB_OPS)
+def test_p_zero_is_identity(name):
+    x = _images() / np.float32(255)  # float input: no conversion, so exact
+    np.testing.assert_array_equal(_run(f"{name}(p=0)", x), x)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "color_jitter(0, 0, 0, 0, p=1)",
+        f"random_crop({H}, padding=0)",
+        f"random_resized_crop({H}, scale=(1, 1), ratio=(1, 1))",
+        "gaussian_blur(sigma=1e-3, p=1)",
+        "resize(16)",
+        "center_crop(16)",
+        "value_range(0, 1)",
+        "normalize(0, 1)",
+    ],
+)
+def test_zero_strength_is_identity(spec):
+    x = _images()
+    np.testing.assert_allclose(_run(spec, x), x / 255.0, atol=1e-5)
+
+
+def test_hue_zero_shift_is_identity():
+    x = _images()
+    np.testing.assert_allclose(_run("color_jitter(0, 0, 0, 1e-9, p=1)", x), x / 255.0, atol=1e-5)
+
+
+def test_flip_lr_p1():
+    x = _images() / np.float32(255)
+    np.testing.assert_array_equal(_run("flip_lr(p=1)", x), x[:, :, ::-1])
+
+
+def test_grayscale_p1():
+    x = _images()
+    y = _run("grayscale(p=1)", x)
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(y[..., 0], y[..., 1])
+    np.testing.assert_array_equal(y[..., 0], y[..., 2])
+    luma = (x / 255.0) @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(y[..., 0], luma, atol=1e-5)
+
+
+def test_single_channel():
+    x = _images(c=1)
+    spec = "random_resized_crop(12)|color_jitter(p=1)|grayscale(p=1)|gaussian_blur(p=1)"
+    y = _run(spec, x)
+    assert y.shape == (B, 12, 12, 1) and y.min() >= 0 and y.max() <= 1
+    x = x / np.float32(255)
+    np.testing.assert_array_equal(_run("grayscale(p=1)", x), x)
+    # Saturation and hue have no meaning for one channel and must not alter it.
+    np.testing.assert_array_equal(_run("color_jitter(0, 0, 0.8, 0.4, p=1)", x), x)
+
+
+def test_random_crop_is_window_of_zero_padded_image():
+    x = _images() / np.float32(255)
+    pad = 3
+    y = _run(f"random_crop({H}, padding={pad})", x)
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    offsets = []
+    for b in range(B):
+        hits = [
+            (i, j)
+            for i in range(2 * pad + 1)
+            for j in range(2 * pad + 1)
+            if np.array_equal(y[b], padded[b, i : i + H, j : j + W])
+        ]
+        assert hits, f"example {b} is not a window of the padded image"
+        offsets.append(hits[0])
+    assert any(o != (pad, pad) for o in offsets)  # some crop is really shifted
+
+
+def test_center_crop_values():
+    x = _images() / np.float32(255)
+    np.testing.assert_array_equal(_run("center_crop(8)", x), x[:, 4:12, 4:12])
+
+
+def test_random_resized_crop_full_box_downscale():
+    # A constant image stays constant whatever box is drawn.
+    x = np.full((B, H, W, 3), 128, np.uint8)
+    np.testing.assert_allclose(_run("random_resized_crop(8)", x), 128 / 255.0, atol=1e-5)
+
+
+def test_solarize_values():
+    x = _images() / np.float32(255)
+    y = _run("solarize(0.5, p=1)", x)
+    np.testing.assert_allclose(y, np.where(x >= 0.5, 1 - x, x), atol=1e-7)
+
+
+def test_value_range_and_normalize():
+    x = _images()
+    y = _run("value_range(-1, 1)", x)
+    np.testing.assert_allclose(y, x / 255.0 * 2 - 1, atol=1e-6)
+    assert y.min() >= -1 and y.max() <= 1
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    y = _run(f"normalize({mean}, {std})", x)
+    np.testing.assert_allclose(y, (x / 255.0 - np.array(mean)) / np.array(std), atol=1e-5)
+    with pytest.raises(ValueError, match="channels"):
+        _run("normalize((0.5, 0.5), 0.2)", x)
+
+
+def test_gaussian_blur_smooths():
+    x = _images()
+    y = _run("gaussian_blur(sigma=2.0, p=1)", x)
+    assert y.std() < 0.6 * (x / 255.0).std()
+    flat = np.full((2, H, W, 3), 77, np.uint8)
+    np.testing.assert_allclose(_run("gaussian_blur(p=1)", flat), 77 / 255.0, atol=1e-5)
+
+
+def test_color_jitter_changes_pixels_within_range():
+    x = _images()
+    y = _run("color_jitter(0.8, 0.8, 0.8, 0.4, p=1)", x)
+    assert y.min() >= 0 and y.max() <= 1
+    assert np.abs(y - x / 255.0).mean() > 0.01
+
+
+def test_hsv_matches_colorsys():
+    rgb = np.random.RandomState(1).rand(200, 3).astype(np.float32)
+    rgb[:5] = [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5], [1, 0, 0], [0, 0, 1]]
+    hsv = np.asarray(rgb_to_hsv(jnp.asarray(rgb)))
+    ref = np.array([colorsys.rgb_to_hsv(*map(float, p)) for p in rgb])
+    np.testing.assert_allclose(hsv, ref, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(hsv_to_rgb(jnp.asarray(hsv))), rgb, atol=1e-5)
+
+
+# --- parser -------------------------------------------------------------
+
+
+def test_parse_args_and_kwargs():
+    spec = (
+        "random_resized_crop(28, scale=(0.3, 1.0), ratio=(3/4, 4/3))|flip_lr"
+        "| color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8) |value_range(-1, 1)"
+        "|random_crop(12, padding_mode='reflect')"
+    )
+    assert parse(spec) == [
+        ("random_resized_crop", (28,), {"scale": (0.3, 1.0), "ratio": (0.75, 4 / 3)}),
+        ("flip_lr", (), {}),
+        ("color_jitter", (0.4, 0.4, 0.4, 0.1), {"p": 0.8}),
+        ("value_range", (-1, 1), {}),
+        ("random_crop", (12,), {"padding_mode": "reflect"}),
+    ]
+    assert parse("") == []
+
+
+def test_parse_unknown_op():
+    with pytest.raises(ValueError, match="unknown op 'flip_ud'") as err:
+        parse("flip_lr|flip_ud")
+    assert "random_resized_crop" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "flip_lr(",
+        "flip_lr(p=)",
+        "flip_lr||grayscale",
+        "flip_lr|",
+        "flip_lr(p)",
+        "flip_lr(*a)",
+        "flip_lr(**{'p': 1})",
+        "ops.flip_lr",
+        "flip_lr(__import__('os').getcwd())",
+        "__import__('os').getcwd()",
+        "flip_lr(p=(lambda: 1)())",
+    ],
+)
+def test_parse_malformed(spec, monkeypatch):
+    def no_eval(*args, **kwargs):
+        raise AssertionError("eval must not be used")
+
+    monkeypatch.setattr(builtins, "eval", no_eval)
+    with pytest.raises(ValueError, match="malformed"):
+        parse(spec)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="flip_lr"):
+        build("flip_lr(p=2)")
+    with pytest.raises(ValueError, match="random_resized_crop"):
+        build("random_resized_crop(8, bogus=1)")
+
+
+def test_registry_has_required_ops():
+    required = {
+        "random_resized_crop",
+        "random_crop",
+        "center_crop",
+        "resize",
+        "flip_lr",
+        "color_jitter",
+        "grayscale",
+        "gaussian_blur",
+        "solarize",
+        "value_range",
+        "normalize",
+    }
+    assert required <= set(OPS)
+
+
+# --- builder ------------------------------------------------------------
+
+SIMCLR = (
+    "random_resized_crop(12)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
+    "|grayscale(p=0.2)|gaussian_blur(p=0.5)|solarize(p=0.2)|value_range(-1, 1)"
+)
+# A cheaper chain for tests that are about the plumbing, not the ops.
+LIGHT = "random_resized_crop(12)|flip_lr|solarize(p=0.5)|value_range(-1, 1)"
+
+
+def test_chunked_equals_unchunked():
+    x = _images()
+    chunked = _run(SIMCLR, x, chunk_size=4)  # B = 8: two chunks via lax.map
+    plain = _run(SIMCLR, x, chunk_size=None)
+    assert chunked.shape == (B, 12, 12, 3)
+    # Separately compiled programs may round differently in the last bit.
+    np.testing.assert_allclose(chunked, plain, atol=1e-5, rtol=0)
+    # B not a multiple of the chunk falls back to a single vmap.
+    light = _run(LIGHT, x, chunk_size=None)
+    np.testing.assert_allclose(_run(LIGHT, x[:6], chunk_size=4), light[:6], atol=1e-5)
+
+
+def test_uint8_and_float_inputs_agree():
+    x = _images()
+    np.testing.assert_allclose(_run(LIGHT, x), _run(LIGHT, x / np.float32(255)), atol=1e-5)
+    with pytest.raises(ValueError):
+        build("flip_lr")(jax.random.key(0), x[0])
+
+
+def test_editing_one_op_keeps_others_randomness():
+    x = _images()
+    a = _run("random_crop(12, padding=2)|solarize(p=0)", x)
+    b = _run("random_crop(12, padding=2)|flip_lr(p=0)", x)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_jit_matches_eager_and_legacy_keys():
+    x = _images()
+    spec = "random_crop(12, padding=2)|flip_lr"
+    eager = np.asarray(build(spec)(jax.random.key(3), x))
+    np.testing.assert_allclose(_run(spec, x, seed=3), eager, atol=1e-6)
+    legacy = jax.jit(build(spec))(jax.random.PRNGKey(3), x)
+    assert legacy.shape == eager.shape and legacy.dtype == jnp.float32
+
+
+def test_build_views():
+    x = _images()
+    views = {"view1": LIGHT, "view2": LIGHT, "eval": "center_crop(12)|value_range(-1, 1)"}
+    out = jax.jit(build_views(views))(jax.random.key(0), x)
+    assert set(out) == set(views)
+    assert all(v.shape == (B, 12, 12, 3) for v in out.values())
+    assert not np.allclose(out["view1"], out["view2"])
+    np.testing.assert_allclose(out["eval"], x[:, 2:14, 2:14] / 255.0 * 2 - 1, atol=1e-6)
+    # Keys follow sorted names, so dict order does not matter.
+    swapped = jax.jit(build_views(dict(reversed(views.items()))))(jax.random.key(0), x)
+    np.testing.assert_allclose(swapped["view1"], out["view1"], atol=1e-5)
