@@ -53,6 +53,13 @@ def test_random_op_shape_range_and_keys(spec):
     assert not np.allclose(a, b)
 
 
+def test_examples_get_their_own_randomness():
+    x = np.repeat(_images(b=1), B, axis=0)  # B copies of one image
+    for spec in ("random_resized_crop(12)", "color_jitter(p=1)", "gaussian_blur(p=1)"):
+        y = _run(spec, x)
+        assert not np.allclose(y[0], y[1]), spec
+
+
 def test_output_sizes():
     x = _images()
     assert _run("random_resized_crop(12)", x).shape == (B, 12, 12, 3)
