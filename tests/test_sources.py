@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssl_jax.data import sources
+from ssl_jax.data import bundled, sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,10 +119,10 @@ class _InterruptAt:
 def test_prepare_interrupted_then_resumed(tmp_path, monkeypatch):
     imgs = np.arange(40 * 784, dtype=np.uint8).reshape(40, 28, 28, 1)
     fake = {"train": (imgs[:30], _InterruptAt(30, 20)), "test": (imgs[30:], np.arange(10) % 10)}
-    monkeypatch.setattr(sources, "_read_bundled_pickle", lambda: fake)
+    monkeypatch.setattr(bundled, "_read_bundled_pickle", lambda: fake)
     with pytest.raises(KeyboardInterrupt):
         sources.prepare_bundled_mnist(str(tmp_path))
-    assert not (tmp_path / sources.BUNDLED_NAME / sources.BUNDLED_VERSION).exists()
+    assert not (tmp_path / sources.BUNDLED_NAME / bundled.BUNDLED_VERSION).exists()
     with open(tmp_path / f".{sources.BUNDLED_NAME}.lock") as f:  # lock was released
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     fake["train"] = (imgs[:30], np.arange(30) % 10)
