@@ -4,6 +4,7 @@ plus kill-and-resume and config errors."""
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -59,8 +60,18 @@ def params_of(workdir):
     return out.state["params"]
 
 
+@pytest.fixture
+def messy_digits(digits_folder, tmp_path):
+    """The digits folder plus a corrupt image and an empty class folder."""
+    root = tmp_path / "messy"
+    shutil.copytree(digits_folder, root)
+    (root / "train" / "3" / "corrupt.png").write_bytes(b"\x89PNG not really an image")
+    (root / "train" / "zz_empty").mkdir()
+    return str(root)
+
+
 @pytest.mark.slow
-def test_default_pipeline_end_to_end_on_digits(digits_folder, tmp_path):
+def test_default_pipeline_end_to_end_on_digits(messy_digits, tmp_path):
     workdir = str(tmp_path / "run")
     proc = cli(
         [
@@ -68,10 +79,13 @@ def test_default_pipeline_end_to_end_on_digits(digits_folder, tmp_path):
             "configs/simclr.py:mnist",
             "--workdir",
             workdir,
-            f"--config.data.name=folder:{digits_folder}",
+            f"--config.data.name=folder:{messy_digits}",
             *TINY,
         ]
     )
+    assert "skipped 1 unreadable file(s)" in proc.stdout and "zz_empty" in proc.stdout
+    with open(os.path.join(workdir, "data_report.json")) as f:
+        assert json.load(f)["skipped_files"] == [os.path.join("train", "3", "corrupt.png")]
     assert "| labelled (50) |" in proc.stdout and "| all (" in proc.stdout
     for path in [
         "config.json",
@@ -99,7 +113,7 @@ def test_default_pipeline_end_to_end_on_digits(digits_folder, tmp_path):
     report = open(os.path.join(workdir, "report.md")).read()
     assert "linear probe test acc" in report and "plots/embedding.png" in report
     # A re-run finds every stage done and only prints the table again.
-    again = cli(["--workdir", workdir, f"--config.data.name=folder:{digits_folder}", *TINY])
+    again = cli(["--workdir", workdir, f"--config.data.name=folder:{messy_digits}", *TINY])
     assert "| labelled (50) |" in again.stdout
 
 

@@ -50,9 +50,31 @@ def _load(name, data_dir, image_size, val_size, seed, channels):
     )
 
 
-def dataset(config) -> sources.Dataset:
+def dataset(config, workdir: str | None = None) -> sources.Dataset:
+    """The configured dataset (loaded once per process). Given a workdir, its
+    report (sizes, skipped unreadable files, empty classes) is written there as
+    ``data_report.json`` and summarised on stdout the first time."""
     d = config.data
-    return _load(d.name, d.data_dir, d.image_size, d.val_size, d.seed, d.channels)
+    ds = _load(d.name, d.data_dir, d.image_size, d.val_size, d.seed, d.channels)
+    path = os.path.join(workdir or "", "data_report.json")
+    if workdir and not os.path.exists(path) and jax.process_index() == 0:
+        sizes = {k: len(v.labels) for k, v in ds.splits.items()}
+        report = {
+            "name": ds.name,
+            "sizes": sizes,
+            "num_classes": ds.num_classes,
+            "class_names": ds.class_names,
+            **ds.report,
+        }
+        atomic_write_json(path, report)
+        shape = "x".join(map(str, ds.splits["train"].images.shape[1:]))
+        line = f"data {ds.name}: {sizes} images of {shape}, {ds.num_classes} classes"
+        if ds.report.get("num_skipped"):
+            line += f"; skipped {ds.report['num_skipped']} unreadable file(s), listed in {path}"
+        if ds.report.get("empty_classes"):
+            line += f"; empty classes: {ds.report['empty_classes']}"
+        print(line)
+    return ds
 
 
 def label_store(config, workdir: str, ds) -> LabelStore:

@@ -67,7 +67,7 @@ def run(config, workdir: str, mesh) -> dict:
         return done
     sdir = common.stage_dir(workdir, STAGE)
     pc = config.pretrain
-    ds = common.dataset(config)
+    ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     pool = ds.splits["train"]
     model = common.PretrainModel(config, mesh, pool.images.shape[1:])

@@ -16,7 +16,7 @@ def run(config, workdir: str, mesh) -> dict:
     if (done := common.done_results(workdir, STAGE)) is not None:
         return done
     sdir = common.stage_dir(workdir, STAGE)
-    ds = common.dataset(config)
+    ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     pool = ds.splits["train"]
     model = common.PretrainModel(config, mesh, pool.images.shape[1:])

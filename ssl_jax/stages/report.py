@@ -38,7 +38,7 @@ def _plots(workdir: str, pdir: str, config) -> list[str]:
     rows = read_jsonl(os.path.join(workdir, "pretrain", "metrics.jsonl"))
     for key, name, ylabel in (
         ("loss", "loss.png", "pretraining loss"),
-        ("knn_val_acc", "knn_accuracy.png", "kNN val accuracy"),
+        ("knn_val_acc", "knn_accuracy.png", "kNN val accuracy (labelled items as memory)"),
     ):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if not pts:
