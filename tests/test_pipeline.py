@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -128,8 +129,6 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
     resumed = cli(["--workdir", killed, *args])
     assert "resuming pretraining at step 2" in resumed.stdout
     a, b = params_of(full), params_of(killed)
-    import jax
-
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -147,3 +146,30 @@ def test_bad_override_is_one_clear_error(override, message, tmp_path):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(
+    digits_folder, tmp_path
+):
+    workdir = str(tmp_path / "nan")
+    # lr 0 for the first step (warm-up), then 1e12: the parameters blow up a step or two later.
+    proc = cli(
+        [
+            "--workdir",
+            workdir,
+            f"--config.data.name=folder:{digits_folder}",
+            *TINY,
+            "--config.pretrain.ckpt_every=1",
+            "--config.pretrain.log_every=1",
+            "--config.pretrain.optimizer.name=sgd",
+            "--config.pretrain.optimizer.lr=1e12",
+            "--config.pretrain.optimizer.warmup_steps=3",
+        ],
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "error: non-finite loss at step" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(os.path.join(workdir, "pretrain", "done.json"))
+    leaves = jax.tree.leaves(params_of(workdir))
+    assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
