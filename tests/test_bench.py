@@ -9,10 +9,9 @@ from experiments.bench import throughput
 
 @pytest.mark.slow
 def test_throughput_script_runs_at_toy_size(capsys):
-    rows = throughput.main(
-        ["--models", "cnn", "--batch", "16", "--steps", "1", "--repeats", "1", "--toy"]
-    )
+    rows = throughput.main(["--batch", "16", "--steps", "1", "--repeats", "1", "--toy"])
     jobs = {r["job"] for r in rows}
     assert jobs == {"step/default", "step/eigen", "augment"}
+    assert {r["model"] for r in rows} == {"cnn", "resnet18"}
     assert all(r["images_s"] > 0 and math.isfinite(r["ms"]) for r in rows)
     assert "| cnn | step/eigen |" in capsys.readouterr().out
