@@ -7,6 +7,28 @@ type and ``--config.x.y=...`` overrides are type-checked against it.
 import ml_collections as mlc
 
 
+def optimizer(**kw) -> mlc.ConfigDict:
+    """An optimizer section (see ssl_jax/optim.py) with every key present, so
+    that each can be overridden from the command line."""
+    defaults = dict(
+        name="adamw",
+        lr=1e-3,
+        weight_decay=1e-4,
+        warmup_steps=0,
+        momentum=0.9,
+        b1=0.9,
+        b2=0.999,
+        nesterov=False,
+        scale_lr=False,
+        min_lr_ratio=0.0,
+        grad_clip=0.0,
+    )
+    unknown = set(kw) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown optimizer keys {sorted(unknown)}")
+    return mlc.ConfigDict({**defaults, **kw})
+
+
 def base_config() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.seed = 0
@@ -34,23 +56,20 @@ def base_config() -> mlc.ConfigDict:
     c.pp = mlc.ConfigDict()
     c.pp.views = mlc.ConfigDict()
     c.pp.eval = "value_range(-1, 1)"
+    # Weak augmentation (fine-tuning; self-training's pseudo-labelling view) and
+    # strong augmentation (self-training's training view); "" = the eval recipe.
+    c.pp.weak = ""
+    c.pp.strong = ""
     c.pp.chunk_size = 64
 
     c.pretrain = mlc.ConfigDict()
     c.pretrain.steps = 1000
     c.pretrain.batch_size = 256
-    c.pretrain.optimizer = mlc.ConfigDict(
-        dict(
-            name="adamw",
-            lr=1e-3,
-            weight_decay=1e-4,
-            warmup_steps=100,
-            momentum=0.9,
-            scale_lr=False,
-            min_lr_ratio=0.0,
-            grad_clip=0.0,
-        )
-    )
+    # Rows of each batch drawn from the labelled items (objectives that use labels:
+    # supcon, semisup, supervised); the rest come from the whole shuffled pool.
+    c.pretrain.labelled_per_batch = 0
+    c.pretrain.balanced_labels = False  # those rows evenly across classes
+    c.pretrain.optimizer = optimizer(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=100)
     c.pretrain.log_every = 50
     c.pretrain.ckpt_every = 500
     c.pretrain.keep_ckpts = 2
@@ -62,11 +81,132 @@ def base_config() -> mlc.ConfigDict:
     c.eval.knn = mlc.ConfigDict(dict(k=20, temperature=0.07))
     c.eval.linear = mlc.ConfigDict(dict(steps=500, lr=0.01, l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1)))
 
+    # Fine-tuning: phase "head" trains a new linear head on the frozen backbone,
+    # phase "body" the top `unfreeze` layers (-1: all) and the head, at a lower
+    # lr with layer-wise decay. Batches hold labelled items only.
+    c.finetune = mlc.ConfigDict()
+    c.finetune.init = "pretrain"  # pretrain (this workdir's, else init_from) | scratch
+    c.finetune.batch_size = 64
+    c.finetune.balanced = True  # every batch draws evenly across classes
+    c.finetune.label_smoothing = 0.0
+    c.finetune.mixup_alpha = 0.0  # > 0: mixup with Beta(alpha, alpha)
+    c.finetune.head = mlc.ConfigDict(
+        dict(steps=200, optimizer=optimizer(name="adamw", lr=1e-2, weight_decay=0.0))
+    )
+    c.finetune.body = mlc.ConfigDict(
+        dict(
+            steps=800,
+            unfreeze=-1,
+            layer_decay=1.0,
+            optimizer=optimizer(name="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=50),
+        )
+    )
+    c.finetune.eval_every = 50  # val accuracy; the best model is kept
+    c.finetune.eval_val_items = 0  # 0 = all of val
+    c.finetune.log_every = 25
+    c.finetune.ckpt_every = 500
+
+    # Self-training (FixMatch by default): labelled items with weak augmentation,
+    # unlabelled items pseudo-labelled on a weak view and trained on a strong one.
+    c.selftrain = mlc.ConfigDict()
+    c.selftrain.init = "finetune"  # finetune (its best model) | pretrain (backbone + new head)
+    c.selftrain.steps = 1000
+    c.selftrain.labelled_batch = 64
+    c.selftrain.unlabelled_ratio = 7  # unlabelled items per labelled item in a batch (mu)
+    c.selftrain.balanced = True  # labelled items drawn evenly across classes
+    c.selftrain.threshold = 0.95  # pseudo-label only where the confidence reaches this
+    c.selftrain.pseudo_labels = "current"  # current (this step's model) | snapshot
+    c.selftrain.refresh_every = 100  # snapshot: copied from the model every N steps
+    c.selftrain.unlabelled_weight = 1.0  # lambda_u, reached after the ramp
+    c.selftrain.ramp = "linear"  # linear | sigmoid | none
+    c.selftrain.ramp_steps = 200
+    c.selftrain.uncertainty_weighting = False  # weight items by exp(-H(p_T))
+    c.selftrain.uncertainty_temperature = 2.0  # T > 1 softens p before its entropy
+    c.selftrain.optimizer = optimizer(
+        name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_steps=0
+    )
+    c.selftrain.eval_every = 100
+    c.selftrain.eval_val_items = 0
+    c.selftrain.log_every = 25
+    c.selftrain.ckpt_every = 500
+
+    c.predict = mlc.ConfigDict(dict(batch_size=1024))
+
     c.probe = mlc.ConfigDict()
     c.probe.label_sets = ("labelled", "all")  # evaluate with the chosen few and with every label
 
-    c.report = mlc.ConfigDict(dict(embedding="tsne", embedding_points=2000))
+    # num_images: test images in the grids of objectives that draw (reconstructions, samples)
+    c.report = mlc.ConfigDict(dict(embedding="tsne", embedding_points=2000, num_images=8))
     return c
+
+
+# Standard augmentations, shared by the objectives' configs.
+# Digits: small rotations, shifts, scalings and shears plus mild crops; aggressive
+# crops or flips change which digit it is.
+MNIST_VIEW = (
+    "random_affine(15, translate=(0.1, 0.1), scale=(0.8, 1.1), shear=10)"
+    "|random_resized_crop(28, scale=(0.5, 1.0), ratio=(0.8, 1.25))"
+    "|color_jitter(0.4, 0.4, 0.0, 0.0, p=0.8)|value_range(-1, 1)"
+)
+# Weak: small shifts and rotations that keep every digit what it is. Strong:
+# RandAugment (digits on black: geometric ops fill with 0) and cutout.
+MNIST_WEAK = "random_affine(10, translate=(0.1, 0.1), scale=(0.9, 1.1))|value_range(-1, 1)"
+MNIST_STRONG = (
+    "random_affine(10, translate=(0.1, 0.1), scale=(0.9, 1.1))"
+    "|rand_augment(2, fill=0)|cutout(0.5, fill=0)|value_range(-1, 1)"
+)
+CIFAR_NORM = "normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))"
+IMAGENET_NORM = "normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))"
+CIFAR_VIEW = (
+    "random_resized_crop(32, scale=(0.2, 1.0))|flip_lr"
+    f"|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)|grayscale(p=0.2)|{CIFAR_NORM}"
+)
+# SimCLR/BYOL's asymmetric pair: blur always on the first view, rarely on the
+# second, which also solarizes sometimes.
+IMAGENET_VIEW1 = (
+    "random_resized_crop(224)|flip_lr|color_jitter(0.8, 0.8, 0.8, 0.2, p=0.8)"
+    f"|grayscale(p=0.2)|gaussian_blur(p=1.0)|{IMAGENET_NORM}"
+)
+IMAGENET_VIEW2 = (
+    "random_resized_crop(224)|flip_lr|color_jitter(0.8, 0.8, 0.8, 0.2, p=0.8)"
+    f"|grayscale(p=0.2)|gaussian_blur(p=0.1)|solarize(p=0.2)|{IMAGENET_NORM}"
+)
+VARIANTS = ("mnist", "cifar10", "imagenet")
+
+
+def set_dataset(c: mlc.ConfigDict, variant: str, config_file: str) -> None:
+    """Data source, image size, label budget and eval recipe of a variant."""
+    if variant == "mnist":
+        c.data.name = "mnist"
+        c.data.image_size, c.data.channels = 28, 1
+        c.pp.weak = MNIST_WEAK
+        c.pp.strong = MNIST_STRONG
+    elif variant == "cifar10":
+        c.data.name = "tfds:cifar10"
+        c.data.image_size, c.data.channels = 32, 3
+        c.labels.per_class = 25  # 250 labels
+        c.pp.eval = CIFAR_NORM
+        c.pp.weak = f"random_crop(32, padding=4, padding_mode='reflect')|flip_lr|{CIFAR_NORM}"
+        c.pp.strong = (
+            "random_crop(32, padding=4, padding_mode='reflect')|flip_lr"
+            f"|rand_augment(2)|cutout(0.5)|{CIFAR_NORM}"
+        )
+    elif variant == "imagenet":
+        c.data.name = "tfds:imagenet2012"
+        c.data.image_size, c.data.channels = 224, 3
+        c.data.val_size = 10000
+        c.labels.per_class = 0
+        c.labels.count = 12811  # the 1% subset size
+        c.pp.eval = f"resize(256)|center_crop(224)|{IMAGENET_NORM}"
+        c.pp.weak = f"random_resized_crop(224, scale=(0.08, 1.0))|flip_lr|{IMAGENET_NORM}"
+        c.pp.strong = (
+            f"random_resized_crop(224, scale=(0.08, 1.0))|flip_lr|rand_augment(2)"
+            f"|cutout(0.5)|{IMAGENET_NORM}"
+        )
+    else:
+        raise ValueError(
+            f"unknown variant {variant!r} of configs/{config_file}: {', '.join(VARIANTS)}"
+        )
 
 
 def lock(c: mlc.ConfigDict) -> mlc.ConfigDict:

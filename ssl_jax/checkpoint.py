@@ -45,6 +45,11 @@ class Checkpointer:
         )
         return out.state, out.meta
 
+    def meta(self, step: int | None = None) -> dict:
+        """The JSON metadata of a checkpoint (default: the latest), without its arrays."""
+        step = self.latest_step() if step is None else step
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()

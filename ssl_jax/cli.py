@@ -87,7 +87,7 @@ def main(argv):
     workdir = flags.FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"])
     )
-    from ssl_jax.stages.pretrain import NonFiniteLoss
+    from ssl_jax.stages.loop import NonFiniteLoss
 
     try:
         results = run_pipeline(config, workdir)
@@ -96,10 +96,12 @@ def main(argv):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    if "probe" in results:
-        from ssl_jax.stages.report import results_table
+    from ssl_jax.stages.report import classifier_table, results_table
 
+    if "probe" in results:
         print("\n" + results_table(results["probe"]) + "\n")
+    if table := classifier_table(results):
+        print(table + "\n")
     if os.path.exists(os.path.join(workdir, "report.md")):
         print(f"report: {os.path.join(workdir, 'report.md')}")
     print(json.dumps({"workdir": workdir}))

@@ -65,3 +65,67 @@ def softmax_xent(logits: jax.Array, labels: jax.Array, *, label_smoothing: float
         onehot = onehot * (1 - label_smoothing) + label_smoothing / num_classes
     per_item = -jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1)
     return jnp.sum(jnp.where(valid, per_item, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
+def pearson_rows(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """[N, D] → [N, N] Pearson correlations between rows (each row's D values
+    centred on their mean and scaled to unit norm)."""
+    x = x.astype(jnp.float32)
+    x = l2_normalize(x - jnp.mean(x, axis=-1, keepdims=True), eps=eps)
+    return x @ x.T
+
+
+def same_class_correlation(features: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss that raises the correlation between representations of one class.
+
+        L = mean over ordered pairs (i, j), i != j, y_i = y_j >= 0, of (1 - rho_ij)
+
+    with rho_ij the Pearson correlation of feature vectors i and j over their
+    dimensions. Items with label < 0 take no part. Returns (L, mean rho over
+    those pairs); both are 0 when the batch has no same-class pair.
+    """
+    rho = pearson_rows(features)
+    n = labels.shape[0]
+    pairs = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0) & ~jnp.eye(n, dtype=bool)
+    count = jnp.maximum(pairs.sum(), 1)
+    mean_rho = jnp.sum(jnp.where(pairs, rho, 0.0)) / count
+    loss = jnp.sum(jnp.where(pairs, 1.0 - rho, 0.0)) / count
+    return loss, mean_rho
+
+
+def dino(
+    student: list[jax.Array],
+    teacher: list[jax.Array],
+    center: jax.Array,
+    *,
+    student_temp: float = 0.1,
+    teacher_temp: float | jax.Array = 0.04,
+) -> jax.Array:
+    """DINO's self-distillation loss ("Emerging Properties in Self-Supervised
+    Vision Transformers", https://arxiv.org/abs/2104.14294, Algorithm 1):
+
+        P_t = softmax((t - center) / teacher_temp),  log P_s = log_softmax(s / student_temp)
+        L   = mean over pairs (t_i, s_v) with v != i of  mean_batch( -sum_k P_t[k] log P_s[k] )
+
+    ``student`` holds the logits of every view ([B, K] each, global views first,
+    in the same order as ``teacher``), ``teacher`` those of the global views.
+    The teacher side gets no gradient.
+    """
+    center = jax.lax.stop_gradient(center)
+    targets = [
+        jax.nn.softmax(jax.lax.stop_gradient(t - center) / teacher_temp, axis=-1) for t in teacher
+    ]
+    log_probs = [jax.nn.log_softmax(s / student_temp, axis=-1) for s in student]
+    total, pairs = 0.0, 0
+    for i, p_t in enumerate(targets):
+        for v, log_p in enumerate(log_probs):
+            if v == i:
+                continue
+            total = total + jnp.mean(-jnp.sum(p_t * log_p, axis=-1))
+            pairs += 1
+    return total / pairs
+
+
+def soft_xent(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean cross-entropy against target distributions [N, C] (label smoothing, mixup)."""
+    return jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1))

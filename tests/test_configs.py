@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from ssl_jax import pp
+from ssl_jax.models import get_model
 from ssl_jax.objectives import get_objective
 from tests.util import REPO
 
@@ -29,14 +30,15 @@ def test_config_builds_and_model_initialises(name, variant):
     c = importlib.import_module(f"configs.{name}").get_config(variant)
     with pytest.raises(AttributeError):
         c.pretrain.not_a_key = 1  # locked: a misspelt override cannot add a key
-    objective = get_objective(c)
+    objective = get_objective(c, num_classes=1000 if variant == "imagenet" else 10)
     views_fn = pp.build_views({v: c.pp.views[v] for v in objective.views})
     eval_fn = pp.build(c.pp.eval)
     shape = (2, c.data.image_size, c.data.image_size, c.data.channels)
 
     def init(rng):
         images = jnp.zeros(shape, jnp.uint8)
-        variables = objective.init(rng, views_fn(rng, images))
+        inputs = {**views_fn(rng, images), "label": jnp.array([0, -1])}
+        variables = objective.init(rng, inputs)
         feats = objective.encode(
             variables["params"],
             {k: v for k, v in variables.items() if k != "params"},
@@ -48,5 +50,5 @@ def test_config_builds_and_model_initialises(name, variant):
     n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
     assert n_params > 10_000
     assert feats.shape[0] == 2 and feats.ndim == 2
-    if variant == "imagenet":
-        assert feats.shape[1] == 2048  # ResNet-50 at 224²
+    # Evaluators see the backbone's features (ResNet-50: 2048, ViT-S: 384, ...).
+    assert feats.shape[1] == get_model(c.model.name, **c.model.kw).num_features

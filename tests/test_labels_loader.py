@@ -71,3 +71,44 @@ def test_batched_pads_last_batch():
     out = list(batched(10, 4))
     assert [v for _, v in out] == [4, 4, 2]
     assert all(len(i) == 4 for i, _ in out)
+
+
+def test_loader_mixes_labelled_rows_into_every_batch_and_resumes():
+    mesh = parallel.make_mesh()
+    labels = np.full(200, -1, np.int32)
+    labelled = np.array([3, 50, 77, 120, 199])
+    labels[labelled] = [0, 1, 2, 0, 1]
+    data = {"x": np.arange(200, dtype=np.int32), "label": labels}
+    a = Loader(data, 16, mesh, seed=1, labels=labels, labelled_per_batch=8)
+    seq = [np.asarray(next(a)["x"]) for _ in range(5)]
+    for batch in seq:
+        assert np.isin(batch[8:], labelled).all()  # the last 8 rows are labelled items
+    stream = np.concatenate([b[8:] for b in seq])
+    # Each labelled item appears once per pass over the 5 labelled items.
+    for start in range(0, 40, 5):
+        assert sorted(stream[start : start + 5]) == sorted(labelled)
+    b = Loader(data, 16, mesh, seed=1, labels=labels, labelled_per_batch=8, position=3)
+    assert np.array_equal(np.asarray(next(b)["x"]), seq[3])
+
+
+def test_loader_balanced_labelled_stream_and_all_labelled_batches():
+    mesh = parallel.make_mesh()
+    labels = np.full(300, -1, np.int32)
+    labels[:30] = 0  # class 0 has 30 items, class 1 only 3, class 2 has 7
+    labels[100:103] = 1
+    labels[200:207] = 2
+    data = {"x": np.arange(300, dtype=np.int32), "label": labels}
+    # Every row labelled (a supervised batch), 24 rows > the 40 labelled items' classes.
+    a = Loader(data, 24, mesh, labels=labels, labelled_per_batch=24, balanced=True)
+    for _ in range(4):
+        batch = next(a)
+        counts = np.bincount(np.asarray(batch["label"]), minlength=3)
+        assert counts.tolist() == [8, 8, 8]
+
+
+def test_loader_rejects_labelled_rows_without_labels():
+    mesh = parallel.make_mesh()
+    with pytest.raises(ValueError, match="no item carries a label"):
+        Loader({"x": np.zeros(64)}, 16, mesh, labels=np.full(64, -1), labelled_per_batch=4)
+    with pytest.raises(ValueError, match="needs the items' labels"):
+        Loader({"x": np.zeros(64)}, 16, mesh, labelled_per_batch=4)

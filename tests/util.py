@@ -23,22 +23,38 @@ def write_digits_folder(root: str, *, test_fraction: float = 0.2, seed: int = 0)
     return root
 
 
-def tiny_config(data_name: str, **overrides):
-    """configs/simclr.py:mnist shrunk to seconds: 8×8 digits, a small CNN, few steps."""
-    from configs import simclr
+TINY_VIEW = "random_resized_crop(8, scale=(0.5, 1.0))|value_range(-1, 1)"
+TINY_LOCAL_VIEW = "random_resized_crop(4, scale=(0.2, 0.5))|value_range(-1, 1)"
 
-    c = simclr.get_config("mnist")
+
+def tiny_config(data_name: str, objective: str = "simclr", variant: str = "mnist", **overrides):
+    """configs/<objective>.py:<variant> shrunk to seconds: 8×8 digits, tiny networks, few steps."""
+    import importlib
+
+    c = importlib.import_module(f"configs.{objective}").get_config(variant)
     c.data.name = data_name
     c.data.image_size, c.data.channels, c.data.val_size = 8, 1, 200
     c.labels.per_class = 5
-    view = "random_resized_crop(8, scale=(0.5, 1.0))|value_range(-1, 1)"
-    c.pp.views.view1 = view
-    c.pp.views.view2 = view
-    c.objective.kw.proj_hidden_dim = 32
-    c.objective.kw.proj_dim = 16
+    for name in c.pp.views:
+        c.pp.views[name] = TINY_LOCAL_VIEW if name.startswith("local") else TINY_VIEW
+    kw = c.objective.kw
+    if "proj_dim" in kw:
+        kw.update(proj_hidden_dim=32, proj_dim=16)
+    if objective == "dino" or kw.get("base") == "dino":
+        kw.update(out_dim=64, hidden_dim=32, bottleneck_dim=16, num_local_crops=2)
+        with c.pp.views.unlocked():
+            for name in [n for n in c.pp.views if n.startswith("local")][2:]:
+                del c.pp.views[name]
+    if objective == "mae":
+        with c.model.kw.unlocked():
+            c.model.kw.update(depth=2, width=32, num_heads=2, mlp_dim=64, patch_size=2)
+        kw.update(decoder_width=16, decoder_depth=1, decoder_heads=2)
+    labelled_share = c.pretrain.labelled_per_batch / c.pretrain.batch_size
     c.pretrain.update(
         steps=6, batch_size=64, log_every=2, ckpt_every=3, eval_every=3, eval_val_items=100
     )
+    # The same share of labelled rows as the full config (all of them for "supervised").
+    c.pretrain.labelled_per_batch = round(labelled_share * 64)
     c.eval.batch_size = 256
     c.eval.linear.steps = 50
     c.report.embedding = "pca"

@@ -102,6 +102,7 @@ def prepare_bundled_mnist(data_dir: str) -> str:
         for stale in glob.glob(os.path.join(data_dir, BUNDLED_NAME, "incomplete.*")):
             shutil.rmtree(stale, ignore_errors=True)
         print(f"preparing bundled MNIST into {data_dir} (once)...", flush=True)
+        tfds.disable_progress_bar()  # a few seconds of work; its nested bars only clutter logs
         no_stats = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
         with tempfile.TemporaryDirectory(dir=data_dir, prefix=".ssl_jax_downloads-") as dl:
             builder_cls(data_dir=data_dir).download_and_prepare(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 
 import flax.linen as nn
+import jax
 
-__all__ = ["get_model", "parse_name"]
+__all__ = ["get_model", "layer_ids", "parse_name"]
 
 
 def parse_name(name: str) -> tuple[str, str | None]:
@@ -50,3 +51,25 @@ def get_model(name: str, **kw) -> nn.Module:
     if model_cls is None:
         raise ValueError(f"ssl_jax.models.{module} does not define a backbone `Model` class.")
     return model_cls(variant=variant, **kw)
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{parse_name(name)[0]}")
+
+
+def layer_ids(name: str, params, tree=None):
+    """Depth of every leaf of a backbone, as consecutive ints from 0 (input side).
+
+    Ids come from the backbone module's ``layer_key(path)`` (a sortable key of
+    the coarse layer a parameter belongs to: the stem, a residual block, a
+    transformer block...), ranked over the keys present in ``params``. They
+    are returned for ``tree`` (default ``params``), which may be any tree named
+    like the backbone's variables, e.g. its ``batch_stats``. Fine-tuning uses
+    them to unfreeze the top K layers and for layer-wise learning-rate decay.
+    """
+    key_of = _module(name).layer_key
+    names = lambda path: tuple(str(getattr(k, "key", k)) for k in path)
+    keys = {key_of(names(p)) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+    rank = {k: i for i, k in enumerate(sorted(keys))}
+    tree = params if tree is None else tree
+    return jax.tree_util.tree_map_with_path(lambda p, _: rank[key_of(names(p))], tree)

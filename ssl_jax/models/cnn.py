@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # Variant -> channels (C0, C1, C2); the last is the feature dim.
@@ -35,11 +36,22 @@ VARIANTS: dict[str, tuple[int, int, int]] = {
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def layer_key(path: tuple[str, ...]) -> tuple[int, int]:
+    """conv0+bn0, ..., conv3+bn3, then the dense layer (see ``models.layer_ids``)."""
+    name = path[0]
+    if name.startswith(("conv", "bn")) and name[-1].isdigit():
+        return (0, int(name[-1]))
+    return (1, 0)
+
+
 class Model(nn.Module):
     """Small CNN: images [B, H, W, C] -> features [B, D], D = 128 (small) or 256 (base)."""
 
     variant: str | None = "small"
     dense_dim: int = 0  # > 0: flatten the last feature map into a dense layer of this width
+    # > 0: resize the last feature map to dense_grid x dense_grid before the dense
+    # layer, so one network takes inputs of any size (DINO's smaller local crops).
+    dense_grid: int = 0
     dtype: Any = jnp.float32
 
     @property
@@ -80,6 +92,9 @@ class Model(nn.Module):
             x = nn.relu(x)
         if not self.dense_dim:
             return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        g = self.dense_grid
+        if g and x.shape[1:3] != (g, g):
+            x = jax.image.resize(x, (x.shape[0], g, g, x.shape[3]), "linear", antialias=True)
         x = nn.Dense(self.dense_dim, use_bias=False, dtype=self.dtype, name="dense")(
             x.reshape(x.shape[0], -1)
         )

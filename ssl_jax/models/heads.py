@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -70,3 +71,42 @@ class LinearClassifier(nn.Module):
             name="fc",
         )(x.astype(self.dtype))
         return x.astype(jnp.float32)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (https://arxiv.org/abs/2104.14294, Sec. 3.1 and App.):
+    an MLP of ``num_layers`` Dense layers (GELU between them) down to
+    ``bottleneck_dim``, L2 normalisation, then a weight-normalised linear layer
+    without bias to ``out_dim`` prototypes.
+
+    With ``norm_last_layer`` the weight norm's gain is fixed at 1, so every
+    prototype is a unit vector (the paper's default for stability); otherwise
+    the gain is learned, initialised at 1.
+    """
+
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    num_layers: int = 3
+    norm_last_layer: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}.")
+        dense = dict(dtype=self.dtype, kernel_init=nn.initializers.truncated_normal(0.02))
+        x = x.astype(self.dtype)
+        for i in range(self.num_layers - 1):
+            x = nn.gelu(nn.Dense(self.hidden_dim, name=f"fc{i}", **dense)(x))
+        x = nn.Dense(self.bottleneck_dim, name=f"fc{self.num_layers - 1}", **dense)(x)
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12))
+        v = self.param(
+            "last_v", nn.initializers.truncated_normal(0.02), (self.bottleneck_dim, self.out_dim)
+        )
+        w = v * jax.lax.rsqrt(jnp.sum(v * v, axis=0, keepdims=True))
+        if not self.norm_last_layer:
+            w = w * self.param("last_g", nn.initializers.ones, (self.out_dim,))
+        return x @ w

@@ -36,6 +36,14 @@ DEPTHS: dict[str, tuple[str, tuple[int, ...]]] = {
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def layer_key(path: tuple[str, ...]) -> tuple[int, int]:
+    """The stem, then each residual block in order (see ``models.layer_ids``)."""
+    if path[0] == "stem":
+        return (0, 0)
+    stage, block = path[0].removeprefix("stage").split("_block")
+    return (int(stage), int(block))
+
+
 def _pad(kernel: int) -> Sequence[tuple[int, int]]:
     # Explicit symmetric padding (as in the reference implementation) rather than
     # "SAME", which pads asymmetrically for strided convs on even-sized inputs.

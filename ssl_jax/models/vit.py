@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -74,6 +75,30 @@ def sincos_posemb_2d(grid_h: int, grid_w: int, dim: int, temperature: float = 10
     x = x.reshape(-1)[:, None] * omega[None, :]
     pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
     return jnp.asarray(pe[None], dtype=jnp.float32)
+
+
+def layer_key(path: tuple[str, ...]) -> tuple[int, int]:
+    """Patch/position embeddings and class token, each block, then the final
+    LayerNorm (see ``models.layer_ids``), as in MAE's layer-wise decay."""
+    if path[0] != "encoder":
+        return (0, 0)
+    if path[1].startswith("block"):
+        return (1, int(path[1].removeprefix("block")))
+    return (2, 0)
+
+
+def resize_posemb(pe, grid: tuple[int, int]):
+    """Learned embeddings [1, g*g, D] of a square grid, bilinearly resized to
+    ``grid`` when the input has another size (DINO's local crops, fine-tuning
+    at a new resolution); unchanged otherwise."""
+    n, dim = pe.shape[1], pe.shape[2]
+    if n == grid[0] * grid[1]:
+        return pe
+    g = int(round(n**0.5))
+    if g * g != n:
+        raise ValueError(f"cannot resize position embeddings of {n} tokens (not a square grid)")
+    pe = jax.image.resize(pe.reshape(1, g, g, dim), (1, *grid, dim), "linear", antialias=False)
+    return pe.reshape(1, grid[0] * grid[1], dim)
 
 
 class MlpBlock(nn.Module):
@@ -181,8 +206,13 @@ class Model(nn.Module):
         return self.config["width"]
 
     @nn.compact
-    def tokens(self, x, train: bool = False):
-        """Encoder outputs before pooling: [B, 1+N, width] ("cls") or [B, N, width] ("gap")."""
+    def tokens(self, x, train: bool = False, keep=None):
+        """Encoder outputs before pooling: [B, 1+N, width] ("cls") or [B, N, width] ("gap").
+
+        ``keep`` ([B, K] patch indices) runs the encoder on those patches only
+        (after their position embeddings are added), as a masked autoencoder does;
+        then N = K.
+        """
         if self.pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}.")
         cfg = self.config
@@ -191,12 +221,21 @@ class Model(nn.Module):
 
         x = nn.Dense(width, dtype=self.dtype, name="embedding")(patchify(x, p))
         if self.posemb == "learn":
-            pe = self.param("pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], width))
+            if self.has_variable("params", "pos_embedding"):
+                # Read, not declared: flax would check the declared shape against
+                # this input's grid, which may differ (then it is resized).
+                pe = self.get_variable("params", "pos_embedding")
+            else:
+                shape = (1, x.shape[1], width)
+                pe = self.param("pos_embedding", nn.initializers.normal(0.02), shape)
+            pe = resize_posemb(pe, grid)
         elif self.posemb == "sincos2d":
             pe = sincos_posemb_2d(*grid, width)
         else:
             raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}.")
         x = x + pe.astype(x.dtype)
+        if keep is not None:
+            x = jnp.take_along_axis(x, keep[..., None], axis=1)
 
         if self.pool == "cls":
             cls = self.param("cls", nn.initializers.zeros, (1, 1, width))

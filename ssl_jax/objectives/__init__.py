@@ -1,17 +1,22 @@
 """Pretraining objectives, one module each, chosen by ``config.objective.name``.
 
-Each module defines ``Objective(config)`` with:
+Each module defines ``Objective(config, *, num_classes=0)`` with:
   views                                  names of the pp recipes it needs
   init(rng, batch) -> variables          params, batch_stats and any method state
   loss(params, model_state, batch, rng, train) -> (loss, (metrics, new_model_state))
+                                         batch: {view name: images, "label": [B] int, -1 = none}
   after_step(state) -> state             what follows the optimizer (EMA teacher, ...)
   encode(params, model_state, images) -> embeddings   used by evaluators
+  backbone_variables(params, model_state) -> {"params": ..., "batch_stats": ...}
+                                         the backbone alone (of ``config.model``), for transfer
 """
 
 import importlib
 
 
-def get_objective(config):
+def get_objective(config, *, num_classes: int = 0):
+    """``config.objective.name``'s Objective; ``num_classes`` (of the dataset)
+    is passed on for objectives that classify."""
     name = config.objective.name
     try:
         module = importlib.import_module(f"ssl_jax.objectives.{name}")
@@ -21,4 +26,9 @@ def get_objective(config):
         raise ValueError(
             f"unknown objective {name!r}: no module ssl_jax/objectives/{name}.py"
         ) from e
-    return module.Objective(config)
+    return module.Objective(config, num_classes=num_classes)
+
+
+def submodule_variables(variables: dict, name: str) -> dict:
+    """The variables of submodule ``name`` in every collection that has it."""
+    return {col: tree[name] for col, tree in variables.items() if name in tree}

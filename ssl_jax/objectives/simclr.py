@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from ssl_jax import losses
 from ssl_jax.models import get_model
 from ssl_jax.models.heads import ProjectionHead
+from ssl_jax.objectives import submodule_variables
 
 
 class Net(nn.Module):
@@ -29,7 +30,8 @@ class Net(nn.Module):
 class Objective:
     views = ("view1", "view2")
 
-    def __init__(self, config):
+    def __init__(self, config, *, num_classes: int = 0):
+        del num_classes  # SimCLR uses no labels
         kw = config.objective.kw
         self.temperature = kw.temperature
         self.net = Net(
@@ -42,19 +44,31 @@ class Objective:
     def init(self, rng, batch):
         return self.net.init(rng, batch[self.views[0]], train=False)
 
-    def loss(self, params, model_state, batch, rng, train=True):
+    def positive_ids(self, batch):
+        """[B] ids; items with equal ids are positives. SimCLR: each image is
+        only its own positive (its other view)."""
+        return jnp.arange(batch[self.views[0]].shape[0])
+
+    def forward(self, params, model_state, batch, rng, train=True):
+        """(loss, metrics, new model_state, backbone features [V*B, D] view-major)."""
         del rng  # SimCLR's randomness is all in the augmentation
         x = jnp.concatenate([batch[v] for v in self.views])
-        n = batch[self.views[0]].shape[0]
-        (_, z), new_state = self.net.apply(
+        (features, z), new_state = self.net.apply(
             {"params": params, **model_state}, x, train=train, mutable=list(model_state)
         )
-        ids = jnp.tile(jnp.arange(n), len(self.views))
+        ids = jnp.tile(self.positive_ids(batch), len(self.views))
         loss, metrics = losses.contrastive(z, ids, temperature=self.temperature)
-        return loss, (metrics, dict(new_state))
+        return loss, metrics, dict(new_state), features
+
+    def loss(self, params, model_state, batch, rng, train=True):
+        loss, metrics, new_state, _ = self.forward(params, model_state, batch, rng, train)
+        return loss, (metrics, new_state)
 
     def after_step(self, state):
         return state
 
     def encode(self, params, model_state, images):
         return self.net.apply({"params": params, **model_state}, images, method=Net.encode)
+
+    def backbone_variables(self, params, model_state):
+        return submodule_variables({"params": params, **model_state}, "backbone")

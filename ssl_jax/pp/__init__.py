@@ -1,6 +1,6 @@
 """On-device batched image augmentation built from spec strings."""
 
-from ssl_jax.pp import ops_geometry  # noqa: F401  (registers its ops)
+from ssl_jax.pp import ops_geometry, ops_strong  # noqa: F401  (register their ops)
 from ssl_jax.pp.builder import build, build_views, parse
 from ssl_jax.pp.ops import OPS, register
 

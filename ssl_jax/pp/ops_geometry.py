@@ -14,6 +14,27 @@ from jax.scipy.ndimage import map_coordinates
 from ssl_jax.pp.ops import _maybe, _range, register
 
 
+def warp_affine(x, fwd, shift=(0.0, 0.0), fill=0.0):
+    """Applies the 2x2 forward map ``fwd`` (in (x, y) pixel coordinates, about
+    the image centre) and then the shift (dx, dy) to a [H, W, C] image; bilinear
+    sampling, ``fill`` outside the source image."""
+    h, w, c = x.shape
+    inv = jnp.linalg.inv(fwd)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    yy, xx = jnp.meshgrid(
+        jnp.arange(h) - cy - shift[1], jnp.arange(w) - cx - shift[0], indexing="ij"
+    )
+    src_x = inv[0, 0] * xx + inv[0, 1] * yy + cx
+    src_y = inv[1, 0] * xx + inv[1, 1] * yy + cy
+    sample = lambda ch: map_coordinates(ch, [src_y, src_x], order=1, mode="constant", cval=fill)
+    return jnp.stack([sample(x[..., i]) for i in range(c)], axis=-1)
+
+
+def rotation(angle):
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    return jnp.array([[cos, -sin], [sin, cos]])
+
+
 @register("random_affine")
 def random_affine(degrees=15.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=0.0, p=1.0):
     """Rotation by U(-degrees, degrees) (positive = clockwise on screen), shift by
@@ -35,15 +56,8 @@ def random_affine(degrees=15.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=0.
         s = jax.random.uniform(k_s, minval=s_lo, maxval=s_hi)
         dy = jax.random.uniform(k_ty, minval=-ty, maxval=ty) * h
         dx = jax.random.uniform(k_tx, minval=-tx, maxval=tx) * w
-        cos, sin = jnp.cos(angle), jnp.sin(angle)
         # Forward map (x, y) -> s * R(angle) @ Shear(sh) @ (x, y) + (dx, dy), about the centre.
-        fwd = s * jnp.array([[cos, -sin], [sin, cos]]) @ jnp.array([[1.0, jnp.tan(sh)], [0.0, 1.0]])
-        inv = jnp.linalg.inv(fwd)
-        cy, cx = (h - 1) / 2, (w - 1) / 2
-        yy, xx = jnp.meshgrid(jnp.arange(h) - cy - dy, jnp.arange(w) - cx - dx, indexing="ij")
-        src_x = inv[0, 0] * xx + inv[0, 1] * yy + cx
-        src_y = inv[1, 0] * xx + inv[1, 1] * yy + cy
-        sample = lambda ch: map_coordinates(ch, [src_y, src_x], order=1, mode="constant", cval=0.0)
-        return jnp.stack([sample(x[..., i]) for i in range(c)], axis=-1)
+        fwd = s * rotation(angle) @ jnp.array([[1.0, jnp.tan(sh)], [0.0, 1.0]])
+        return warp_affine(x, fwd, (dx, dy))
 
     return _maybe(p, fn)

@@ -101,9 +101,9 @@ def label_store(config, workdir: str, ds) -> LabelStore:
 class PretrainModel:
     """Objective, augmentation and optimizer of the pretraining run, built once."""
 
-    def __init__(self, config, mesh, image_shape):
+    def __init__(self, config, mesh, image_shape, num_classes: int = 0):
         self.config, self.mesh = config, mesh
-        self.objective = get_objective(config)
+        self.objective = get_objective(config, num_classes=num_classes)
         missing = [v for v in self.objective.views if v not in config.pp.views]
         if missing:
             raise ValueError(f"objective {config.objective.name!r} needs pp.views {missing}")
@@ -114,25 +114,37 @@ class PretrainModel:
         self.tx, self.lr = optim.make(pc.optimizer, pc.steps, pc.batch_size)
         self.image_shape = tuple(image_shape)
 
+    def inputs(self, key, batch: dict) -> dict:
+        """The objective's input: its augmented views and the items' labels
+        (-1 = unlabelled; all -1 when the batch carries none)."""
+        images = batch["image"]
+        labels = batch.get("label")
+        if labels is None:
+            labels = jnp.full(images.shape[0], -1, jnp.int32)
+        return {**self.views_fn(key, images), "label": labels}
+
     def init_state(self, seed: int) -> TrainState:
         n = self.mesh.devices.size
 
         def init(rng):
             k_init, k_views, k_state = jax.random.split(rng, 3)
-            dummy = jnp.zeros((n, *self.image_shape), jnp.uint8)
-            variables = self.objective.init(k_init, self.views_fn(k_views, dummy))
+            dummy = {"image": jnp.zeros((n, *self.image_shape), jnp.uint8)}
+            variables = self.objective.init(k_init, self.inputs(k_views, dummy))
             variables = dict(variables)
             params = variables.pop("params")
             return TrainState.create(params=params, model_state=variables, tx=self.tx, rng=k_state)
 
         return jax.jit(init, out_shardings=parallel.replicated(self.mesh))(jax.random.PRNGKey(seed))
 
-    def encoder_variables(self, workdir: str, seed: int):
-        """(params, model_state) of the finished pretraining run in ``workdir``."""
-        ckpt = checkpoint.Checkpointer(os.path.join(workdir, "pretrain", "checkpoints"))
+    def encoder_variables(self, source: str, seed: int):
+        """(params, model_state) of a pretraining run: ``source`` is its workdir
+        (holding pretrain/checkpoints) or a checkpoint directory."""
+        path = os.path.join(source, "pretrain", "checkpoints")
+        path = path if os.path.isdir(path) else source
+        ckpt = checkpoint.Checkpointer(path)
         if ckpt.latest_step() is None:
             raise FileNotFoundError(
-                f"no pretraining checkpoint under {workdir}/pretrain; run the pretrain stage first"
+                f"no pretraining checkpoint under {source}; run the pretrain stage first"
             )
         state, _ = ckpt.restore(self.init_state(seed))
         ckpt.close()

@@ -19,7 +19,7 @@ def run(config, workdir: str, mesh) -> dict:
     ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     pool = ds.splits["train"]
-    model = common.PretrainModel(config, mesh, pool.images.shape[1:])
+    model = common.PretrainModel(config, mesh, pool.images.shape[1:], ds.num_classes)
     params, model_state = model.encoder_variables(workdir, config.seed)
     embed = Embedder(model.objective, model.eval_fn, mesh, batch_size=config.eval.batch_size)
 

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 
 from ssl_jax.data.labels import atomic_write_text
@@ -28,6 +29,23 @@ def results_table(probe: dict) -> str:
     return "\n".join(rows)
 
 
+CLASSIFIER_STAGES = (("finetune", "Fine-tuning"), ("selftrain", "Self-training"))
+
+
+def classifier_table(results: dict) -> str:
+    """Test accuracy of the trained classifiers ({stage: results}), or ""."""
+    rows = [
+        f"| {title} | {r['num_labels']} | {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% "
+        f"| {r['wall_s']:.0f} s |"
+        for stage, title in CLASSIFIER_STAGES
+        if (r := results.get(stage))
+    ]
+    if not rows:
+        return ""
+    head = ["| classifier | labels | best val acc | test acc | wall |", "|---|---|---|---|---|"]
+    return "\n".join(head + rows)
+
+
 def _plots(workdir: str, pdir: str, config) -> list[str]:
     import matplotlib
 
@@ -36,9 +54,9 @@ def _plots(workdir: str, pdir: str, config) -> list[str]:
 
     made = []
     rows = read_jsonl(os.path.join(workdir, "pretrain", "metrics.jsonl"))
-    for key, name, ylabel in (
-        ("loss", "loss.png", "pretraining loss"),
-        ("knn_val_acc", "knn_accuracy.png", "kNN val accuracy (labelled items as memory)"),
+    for key, name, ylabel, title in (
+        ("loss", "loss.png", "loss", "pretraining loss"),
+        ("knn_val_acc", "knn_accuracy.png", "kNN val accuracy", "kNN, labelled items as memory"),
     ):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if not pts:
@@ -47,6 +65,7 @@ def _plots(workdir: str, pdir: str, config) -> list[str]:
         ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 30 else None)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(os.path.join(pdir, name), dpi=100)
@@ -69,6 +88,59 @@ def _plots(workdir: str, pdir: str, config) -> list[str]:
     return made
 
 
+def image_grid(rows: dict, path: str, title: str = ""):
+    """Saves rows of images ({row name: [n, H, W, C] floats}) as one PNG. Each
+    image is scaled to its own min..max, since objectives work in different
+    value ranges (and a reconstruction may overshoot its input's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    n = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n, 1.3 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(rows[name]):
+                ax.axis("off")
+                continue
+            img = np.asarray(rows[name][c], np.float32)
+            lo, hi = img.min(), img.max()
+            img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        axes[r][0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _objective_images(config, workdir: str, pdir: str, mesh) -> list[str]:
+    """Image grids an objective offers through ``visualize`` (reconstructions,
+    samples), from the finished pretraining checkpoint and the first test images."""
+    from ssl_jax.stages.pretrain import STAGE as PRETRAIN
+
+    if common.done_results(workdir, PRETRAIN) is None:
+        return []
+    ds = common.dataset(config, workdir)
+    test = ds.splits["test"] if len(ds.splits["test"]) else ds.splits["val"]
+    model = common.PretrainModel(config, mesh, test.images.shape[1:], ds.num_classes)
+    if not hasattr(model.objective, "visualize"):
+        return []
+    params, model_state = model.encoder_variables(workdir, config.seed)
+    images = model.eval_fn(jax.random.PRNGKey(0), test.images[: config.report.num_images])
+    grids = model.objective.visualize(params, model_state, images, jax.random.PRNGKey(config.seed))
+    if jax.process_index() == 0:
+        for name, rows in grids.items():
+            image_grid(rows, os.path.join(pdir, f"{name}.png"), title=name.replace("_", " "))
+    return [f"{name}.png" for name in grids]
+
+
 def _embed_2d(x, method: str, seed: int):
     if method == "tsne":
         from sklearn.manifold import TSNE
@@ -82,7 +154,6 @@ def _embed_2d(x, method: str, seed: int):
 
 
 def run(config, workdir: str, mesh) -> dict:
-    del mesh
     if (done := common.done_results(workdir, STAGE)) is not None:
         return done
     pdir = os.path.join(workdir, "plots")
@@ -91,6 +162,7 @@ def run(config, workdir: str, mesh) -> dict:
     pretrain = common.done_results(workdir, "pretrain") or {}
     probe = common.done_results(workdir, "probe") or {}
     plots = _plots(workdir, pdir, config)
+    plots += _objective_images(config, workdir, pdir, mesh)  # every process: it runs the model
     lines = [
         f"# Report: {config.objective.name} on {config.data.name}",
         "",
@@ -101,12 +173,31 @@ def run(config, workdir: str, mesh) -> dict:
     if pretrain:
         lines += [
             f"Pretraining: final loss {pretrain.get('final_loss', float('nan')):.4f}, "
-            f"{pretrain.get('images_per_s', 0):.0f} images/s, "
+            f"{pretrain.get('images_per_s', 0):.0f} augmented images/s through the encoder, "
             f"{pretrain.get('wall_s', 0):.0f} s.",
             "",
         ]
     if probe:
         lines += ["## Test accuracy on frozen features", "", results_table(probe), ""]
+    trained = {stage: common.done_results(workdir, stage) for stage, _ in CLASSIFIER_STAGES}
+    if table := classifier_table(trained):
+        lines += ["## Fine-tuning and self-training", "", table, ""]
+    predict = common.done_results(workdir, "predict")
+    if predict and predict["num_predicted"]:
+        lines += [
+            "## Predictions",
+            "",
+            f"`predictions.csv`: {predict['num_items']} items, {predict['num_predicted']} "
+            f"labelled by the model (mean confidence {predict['mean_confidence']:.3f}, "
+            f"{100 * predict['fraction_confident_0.95']:.1f}% at >= 0.95), least confident first.",
+            "",
+        ]
+        if "predicted_acc" in predict:
+            lines += [
+                f"Against the dataset's hidden labels, the predicted labels are "
+                f"{100 * predict['predicted_acc']:.2f}% right.",
+                "",
+            ]
     lines += [f"![{p}](plots/{p})" for p in plots]
     atomic_write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
     results = {"plots": plots}

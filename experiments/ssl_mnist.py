@@ -1,0 +1,123 @@
+"""Pretraining objectives compared on MNIST with 100 labels (experiments/ssl_mnist.md).
+
+  .venv/bin/python experiments/ssl_mnist.py                      # every objective, seeds 0 1
+  .venv/bin/python experiments/ssl_mnist.py --objectives dino --seeds 0
+  .venv/bin/python experiments/ssl_mnist.py --table-only         # rebuild the table from runs
+  .venv/bin/python experiments/ssl_mnist.py --objectives dino --config.pretrain.batch_size=128
+
+Each (objective, seed) is ``python -m ssl_jax --config configs/<objective>.py:mnist``
+with ``--config.seed=S --config.labels.seed=S`` (network, augmentation and which
+100 images carry labels all change with the seed; the val carve-out stays
+fixed), in ``runs/ssl_mnist/<objective>_s<S>``; a finished run is not repeated.
+Every config's pretraining budget is the same: ``pretrain.steps`` × batch 256
+source images (set here with ``--steps``). The table (mean ± std over seeds)
+is printed and written to ``--out``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OBJECTIVES = ("simclr", "dino", "mae", "supcon", "semisup", "supervised")
+METRICS = (
+    ("labelled/knn_test_acc", "kNN, 100 labels"),
+    ("labelled/linear_test_acc", "linear, 100 labels"),
+    ("all/knn_test_acc", "kNN, all labels"),
+    ("all/linear_test_acc", "linear, all labels"),
+)
+
+
+def workdir(root, objective, seed):
+    return os.path.join(root, f"{objective}_s{seed}")
+
+
+def run_one(root, objective, seed, steps, extra):
+    wd = workdir(root, objective, seed)
+    if os.path.exists(os.path.join(wd, "report", "done.json")):
+        return
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssl_jax",
+        "--config",
+        f"configs/{objective}.py:mnist",
+        "--workdir",
+        wd,
+        f"--config.seed={seed}",
+        f"--config.labels.seed={seed}",
+        f"--config.pretrain.steps={steps}",
+        *extra,
+    ]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    with open(os.path.join(wd, "wall_s.json"), "w") as f:
+        json.dump({"wall_s": time.perf_counter() - t0, "command": cmd[1:]}, f)
+
+
+def load(root, objective, seed):
+    wd = workdir(root, objective, seed)
+    try:
+        with open(os.path.join(wd, "probe", "results.json")) as f:
+            probe = json.load(f)
+        with open(os.path.join(wd, "pretrain", "results.json")) as f:
+            pretrain = json.load(f)
+        with open(os.path.join(wd, "wall_s.json")) as f:
+            wall = json.load(f)["wall_s"]
+    except FileNotFoundError:
+        return None
+    return {**probe, "wall_s": wall, "pretrain_s": pretrain["wall_s"]}
+
+
+def fmt(values, scale=100.0, digits=2):
+    if not values:
+        return "—"
+    mean = statistics.mean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def table(root, objectives, seeds):
+    lines = [
+        "| objective | " + " | ".join(name for _, name in METRICS) + " | wall (min) | seeds |",
+        "|---|" + "---|" * (len(METRICS) + 2),
+    ]
+    for obj in objectives:
+        runs = [r for s in seeds if (r := load(root, obj, s)) is not None]
+        cells = [fmt([r[key] for r in runs]) for key, _ in METRICS]
+        wall = fmt([r["wall_s"] for r in runs], scale=1 / 60, digits=1)
+        lines.append(f"| {obj} | " + " | ".join(cells) + f" | {wall} | {len(runs)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--root", default=os.path.join(REPO, "runs", "ssl_mnist"))
+    p.add_argument("--out", default="", help="also write the table to this file")
+    p.add_argument("--table-only", action="store_true")
+    # Any other argument (--config.x=y) is passed on to every run.
+    a, extra = p.parse_known_args(argv)
+    a.extra = extra
+    if not a.table_only:
+        for seed in a.seeds:
+            for obj in a.objectives:
+                run_one(a.root, obj, seed, a.steps, a.extra)
+    text = table(a.root, a.objectives, a.seeds)
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n\n{text}")
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Self-training with pseudo-labels on the labelled few plus the unlabelled pool.
+
+The default recipe is FixMatch ("FixMatch: Simplifying Semi-Supervised Learning
+with Consistency and Confidence", Sohn et al., 2020, https://arxiv.org/abs/2001.07685).
+Each batch holds ``labelled_batch`` labelled items (class-balanced by default)
+and ``unlabelled_ratio`` times as many pool items. Per step:
+
+    L_l = mean_i  w_i  * CE(f(weak(x_i)), y_i)                      labelled items
+    q_j = softmax(f'(weak(u_j))),  yhat_j = argmax q_j,  m_j = [max q_j >= threshold]
+    L_u = mean_j  w_j * m_j * CE(f(strong(u_j)), yhat_j)            unlabelled items
+    L   = L_l + lambda(t) * L_u
+
+f' is the model of this step (``pseudo_labels="current"``) or a snapshot copied
+from it every ``refresh_every`` steps (``"snapshot"``); it predicts in inference
+mode and no gradient flows through the pseudo-labels. lambda(t) ramps from 0 to
+``unlabelled_weight`` over ``ramp_steps`` (linear, or the sigmoid
+exp(-5 (1 - t)^2) of temporal ensembling). With ``uncertainty_weighting`` the
+per-item weight is w = exp(-H(softmax(logits / T))) (T =
+``uncertainty_temperature`` > 1 softens the prediction before its entropy H;
+w is 1 for a one-hot prediction and 1/C for a uniform one, never 0, so a new
+head still learns), from the labelled item's own prediction and the unlabelled
+item's weak-view prediction; otherwise w = 1. BatchNorm statistics are updated from the
+labelled items only, so with ``threshold=1`` and weight 0 this is exactly
+supervised training on the labelled items.
+
+The model starts from the fine-tuning stage's best model (``init="finetune"``)
+or from the pretrained backbone with a new head (``"pretrain"``); the best
+model by val accuracy is kept and its test accuracy reported.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import checkpoint, metrics, optim, parallel, transfer
+from ssl_jax import pp as pp_lib
+from ssl_jax.data.loader import Loader
+from ssl_jax.models import classifier
+from ssl_jax.stages import common, loop
+
+STAGE = "selftrain"
+SNAPSHOT = "snapshot"
+
+
+def ramp(sc, step):
+    """lambda(step): the unlabelled loss weight."""
+    if sc.ramp == "none" or not sc.ramp_steps:
+        frac = 1.0
+    else:
+        t = jnp.clip(step / sc.ramp_steps, 0.0, 1.0)
+        if sc.ramp == "linear":
+            frac = t
+        elif sc.ramp == "sigmoid":
+            frac = jnp.exp(-5.0 * (1.0 - t) ** 2)
+        else:
+            raise ValueError(f"unknown selftrain.ramp {sc.ramp!r}: linear, sigmoid or none")
+    return sc.unlabelled_weight * frac
+
+
+def pseudo_labels(logits, threshold: float):
+    """(argmax labels, mask of items whose softmax confidence reaches ``threshold``, confidence)."""
+    probs = jax.nn.softmax(logits)
+    conf = jnp.max(probs, axis=-1)
+    return jnp.argmax(probs, axis=-1), conf >= threshold, conf
+
+
+def certainty_weights(logits, temperature: float):
+    """exp(-H(softmax(logits / T))), in [1/C, 1]: 1 for a one-hot prediction."""
+    p = jax.nn.softmax(logits / temperature)
+    entropy = -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12)), axis=-1)
+    return jnp.exp(-entropy)
+
+
+def xent(logits, labels):
+    """Per-item cross-entropy with integer labels."""
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+
+
+def make_step(model, weak, strong, lr, mesh, sc):
+    n_l = sc.labelled_batch  # global batch sizes, like every stage's
+    n_u = n_l * sc.unlabelled_ratio
+
+    def selftrain_step(state, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        k_lw, k_uw, k_us = jax.random.split(rng, 3)
+        # The loader puts the pool rows first, then the labelled rows.
+        x_u, x_l, y_l = batch["image"][:n_u], batch["image"][n_u:], batch["label"][n_u:]
+        xl = weak(k_lw, x_l)
+        xu_weak, xu_strong = weak(k_uw, x_u), strong(k_us, x_u)
+        ms = {k: v for k, v in state.model_state.items() if k != SNAPSHOT}
+        teacher = state.model_state[SNAPSHOT] if SNAPSHOT in state.model_state else state.params
+        logits_w = jax.lax.stop_gradient(model.apply({"params": teacher, **ms}, xu_weak))
+        pl, mask, conf = pseudo_labels(logits_w, sc.threshold)
+        lambda_u = ramp(sc, state.step)
+
+        def loss_fn(params):
+            logits_l, new_ms = model.apply(
+                {"params": params, **ms}, xl, train=True, mutable=list(ms)
+            )
+            # Statistics of the strong pass are dropped: only labelled items set them.
+            logits_s, _ = model.apply(
+                {"params": params, **ms}, xu_strong, train=True, mutable=list(ms)
+            )
+            w_l = jnp.ones(n_l)
+            w_u = mask.astype(jnp.float32)
+            if sc.uncertainty_weighting:
+                t = sc.uncertainty_temperature
+                w_l = certainty_weights(jax.lax.stop_gradient(logits_l), t)
+                w_u = w_u * certainty_weights(logits_w, t)
+            loss_l = jnp.mean(w_l * xent(logits_l, y_l))
+            loss_u = jnp.mean(w_u * xent(logits_s, pl))
+            return loss_l + lambda_u * loss_u, (loss_l, loss_u, logits_l, dict(new_ms))
+
+        (loss, (loss_l, loss_u, logits_l, new_ms)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params)
+        new = state.apply_gradients(grads, model_state={**state.model_state, **new_ms})
+        if SNAPSHOT in state.model_state:
+            refresh = new.step % sc.refresh_every == 0
+            snapshot = jax.tree.map(
+                lambda p, s: jnp.where(refresh, p, s), new.params, state.model_state[SNAPSHOT]
+            )
+            new = new.replace(model_state={**new.model_state, SNAPSHOT: snapshot})
+        new, finite = loop.guard_finite(loss, new, state)
+        out = {
+            "loss": loss,
+            "labelled_loss": loss_l,
+            "unlabelled_loss": loss_u,
+            "mask_rate": jnp.mean(mask),
+            "mean_confidence": jnp.mean(conf),
+            "unlabelled_weight": lambda_u,
+            "train_acc": jnp.mean(jnp.argmax(logits_l, -1) == y_l),
+            "lr": lr(state.step),
+            "finite": finite,
+        }
+        return new, out
+
+    repl = parallel.replicated(mesh)
+    return jax.jit(
+        selftrain_step,
+        in_shardings=(repl, parallel.data_sharded(mesh)),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
+
+
+def initial_variables(config, workdir, mesh, model, ds, shape):
+    """Variables to start from, per ``selftrain.init``."""
+    init = config.selftrain.init
+    if init == "finetune":
+        best_dir = os.path.join(workdir, "finetune", "best")
+        if not os.path.isdir(best_dir):
+            raise FileNotFoundError(
+                f"self-training starts from the fine-tuned model, but {best_dir} does not "
+                "exist: run the finetune stage first, or set selftrain.init='pretrain'"
+            )
+        best = transfer.Best(best_dir)
+        like = transfer.init_state(
+            model, optim.make(config.selftrain.optimizer, 1, 1)[0], mesh, shape, 0
+        )
+        params, model_state, _ = best.restore(like)
+        best.close()
+        return {"params": params, **model_state}
+    if init == "pretrain":
+        backbone = transfer.pretrained_backbone(config, workdir, mesh, ds)
+        like = transfer.init_state(
+            model,
+            optim.make(config.selftrain.optimizer, 1, 1)[0],
+            mesh,
+            shape,
+            config.seed,
+            backbone,
+        )
+        return {"params": like.params, **like.model_state}
+    raise ValueError(f"unknown selftrain.init {init!r}: finetune or pretrain")
+
+
+def run(config, workdir: str, mesh) -> dict:
+    if (done := common.done_results(workdir, STAGE)) is not None:
+        return done
+    sdir = common.stage_dir(workdir, STAGE)
+    sc = config.selftrain
+    if sc.pseudo_labels not in ("current", SNAPSHOT):
+        raise ValueError(
+            f"unknown selftrain.pseudo_labels {sc.pseudo_labels!r}: current or snapshot"
+        )
+    ds = common.dataset(config, workdir)
+    store = common.label_store(config, workdir, ds)
+    if not len(store):
+        raise ValueError("self-training needs labelled items; the label store is empty")
+    pool = ds.splits["train"]
+    shape = pool.images.shape[1:]
+    model = classifier.build(config, ds.num_classes)
+    variables = initial_variables(config, workdir, mesh, model, ds, shape)
+    if sc.pseudo_labels == SNAPSHOT:
+        variables[SNAPSHOT] = variables["params"]
+    tx, lr = optim.make(sc.optimizer, sc.steps, sc.labelled_batch * (1 + sc.unlabelled_ratio))
+    state = transfer.init_state(model, tx, mesh, shape, config.seed, variables=variables)
+    labels = store.label_array()
+    loader = Loader(
+        {"image": pool.images, "label": labels},
+        sc.labelled_batch * (1 + sc.unlabelled_ratio),
+        mesh,
+        seed=config.seed,
+        labels=labels,
+        labelled_per_batch=sc.labelled_batch,
+        balanced=sc.balanced,
+    )
+    chunk = config.pp.chunk_size or None
+    weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk)
+    strong = pp_lib.build(config.pp.strong or config.pp.weak or config.pp.eval, chunk_size=chunk)
+    predictor = transfer.Predictor(
+        model, pp_lib.build(config.pp.eval, chunk_size=None), mesh, config.eval.batch_size
+    )
+    ckpt = checkpoint.Checkpointer(os.path.join(sdir, "checkpoints"), keep=1)
+    best = transfer.Best(os.path.join(sdir, "best"))
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)
+        loader.position = meta["loader_position"]
+        print(f"resuming self-training at step {int(state.step)} from {ckpt.directory}")
+
+    def evaluate(state, step):
+        ms = {k: v for k, v in state.model_state.items() if k != SNAPSHOT}
+        acc = predictor.accuracy(state.params, ms, ds.splits["val"], sc.eval_val_items)
+        best.offer(state.replace(model_state=ms), acc, step)
+        return {"val_acc": acc, "best_val_acc": best.acc}
+
+    writer = metrics.MetricWriter(sdir)
+    t0 = time.perf_counter()
+    try:
+        state, last = loop.run(
+            state,
+            make_step(model, weak, strong, lr, mesh, sc),
+            loader,
+            name=STAGE,
+            steps=sc.steps,
+            ckpt=ckpt,
+            writer=writer,
+            log_every=sc.log_every,
+            ckpt_every=sc.ckpt_every,
+            images_per_step=loader.batch_size,
+            eval_every=sc.eval_every,
+            evaluate=evaluate,
+            hint="Lower selftrain.optimizer.lr.",
+        )
+        ms = {k: v for k, v in state.model_state.items() if k != SNAPSHOT}
+        params, model_state, meta = best.restore(state.replace(model_state=ms))
+    finally:
+        writer.close()
+        ckpt.close()
+        best.close()
+    results = {
+        "val_acc": float(meta["val_acc"]),
+        "test_acc": predictor.accuracy(params, model_state, ds.splits["test"]),
+        "best_step": int(meta["step"]),
+        "final_mask_rate": last.get("mask_rate"),
+        "num_labels": len(store),
+        "wall_s": time.perf_counter() - t0,
+    }
+    common.mark_done(workdir, STAGE, results)
+    return results

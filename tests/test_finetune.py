@@ -1,0 +1,164 @@
+"""Fine-tuning mechanics: freezing, unfreezing the top K layers, layer-wise decay."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssl_jax import optim, parallel, transfer
+from ssl_jax import pp as pp_lib
+from ssl_jax.models import classifier, layer_ids
+from ssl_jax.stages import finetune
+from tests.objective_util import loader
+from tests.util import tiny_config
+
+
+def _setup(phase, unfreeze=-1, model="cnn", **kw):
+    config = tiny_config("unused")
+    config.finetune.body.unfreeze = unfreeze
+    config.finetune.body.optimizer.warmup_steps = 0
+    if model != "cnn":
+        with config.unlocked():
+            config.model.name = model
+            config.model.kw = kw
+    config.finetune.batch_size = 32
+    mesh = parallel.make_mesh(1)
+    model = classifier.build(config, 10)
+    template = transfer.init_state(
+        model, optim.make(config.finetune.head.optimizer, 1, 1)[0], mesh, (8, 8, 1), 0
+    )
+    # Some non-trivial head, as after an earlier phase.
+    params = dict(template.params)
+    params["head"] = jax.tree.map(lambda p: p + 0.01, params["head"])
+    layers, trainable_from = finetune.phase_layers(config, params, phase)
+    pcfg = config.finetune[phase]
+    tx, lr = optim.make(pcfg.optimizer, 100, 32, layers=layers, trainable_from=trainable_from)
+    state = template.replace(params=params, tx=tx, opt_state=tx.init(params))
+    stats_layers = layer_ids(
+        config.model.name,
+        params["backbone"],
+        state.model_state.get("batch_stats", {}).get("backbone", {}),
+    )
+    stats_frozen = (
+        {"batch_stats": {"backbone": jax.tree.map(lambda i: i < trainable_from, stats_layers)}}
+        if "batch_stats" in state.model_state
+        else {}
+    )
+    weak = pp_lib.build(config.pp.eval)
+    step = finetune.make_step(
+        model,
+        weak,
+        lr,
+        mesh,
+        num_classes=10,
+        frozen_backbone=phase == "head",
+        stats_frozen=stats_frozen,
+        fc=config.finetune,
+    )
+    config.pretrain.labelled_per_batch = 32
+    config.pretrain.batch_size = 32
+    return config, state, step, loader(config, mesh), layers, trainable_from
+
+
+def _run(state, step, batches, n=3):
+    before = jax.device_get(state)
+    for _ in range(n):
+        state, metrics = step(state, next(batches))
+    return before, jax.device_get(state), metrics
+
+
+def _changed(a, b):
+    return jax.tree.map(lambda x, y: bool(np.any(np.asarray(x) != np.asarray(y))), a, b)
+
+
+def test_head_phase_freezes_the_backbone_bit_for_bit_and_moves_the_head():
+    _, state, step, batches, _, _ = _setup("head")
+    before, after, _ = _run(state, step, batches)
+    changed = _changed(before.params, after.params)
+    assert not any(jax.tree.leaves(changed["backbone"]))
+    assert all(jax.tree.leaves(changed["head"]))
+    # BatchNorm statistics of the frozen backbone are untouched too.
+    assert not any(jax.tree.leaves(_changed(before.model_state, after.model_state)))
+
+
+def test_frozen_parameters_have_no_optimizer_state():
+    _, state, _, _, _, _ = _setup("head")
+    head = sum(x.size for x in jax.tree.leaves(state.params["head"]))
+    opt = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
+    assert opt == 2 * head  # Adam's two moments of the head only
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_unfreezing_top_k_changes_exactly_those_layers(k):
+    _, state, step, batches, layers, trainable_from = _setup("body", unfreeze=k)
+    top = max(jax.tree.leaves(layers))
+    assert trainable_from == top - k  # the head is layer `top`
+    before, after, _ = _run(state, step, batches)
+    changed = _changed(before.params, after.params)
+    for moved, layer in zip(jax.tree.leaves(changed), jax.tree.leaves(layers), strict=True):
+        assert moved == (layer >= trainable_from), layer
+    # Statistics change only in the unfrozen BatchNorm layers.
+    bs_layers = layer_ids(
+        "cnn", before.params["backbone"], before.model_state["batch_stats"]["backbone"]
+    )
+    bs_changed = _changed(before.model_state, after.model_state)["batch_stats"]["backbone"]
+    for moved, layer in zip(jax.tree.leaves(bs_changed), jax.tree.leaves(bs_layers), strict=True):
+        assert moved == (layer >= trainable_from)
+
+
+def test_layer_wise_decay_gives_the_expected_learning_rate_per_layer():
+    config = tiny_config("unused")
+    model = classifier.build(config, 10)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 1)))["params"]
+    layers, _ = finetune.phase_layers(config, params, "body")
+    top = max(jax.tree.leaves(layers))
+    cfg = config.finetune.body.optimizer
+    cfg.update(name="sgd", momentum=0.0, weight_decay=0.0, warmup_steps=0, lr=0.1)
+    tx, _ = optim.make(cfg, 10, 32, layers=layers, layer_decay=0.5)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    for u, layer in zip(jax.tree.leaves(updates), jax.tree.leaves(layers), strict=True):
+        np.testing.assert_allclose(u, -0.1 * 0.5 ** (top - layer), rtol=1e-6)
+    assert top == 5  # cnn: 4 conv layers, the dense layer, then the head
+
+
+def test_vit_layer_ids_follow_the_blocks():
+    from ssl_jax.models import get_model
+
+    m = get_model("vit:ti/2", width=16, depth=3, num_heads=2, mlp_dim=16)
+    p = jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))))["params"]
+    ids = layer_ids("vit:ti/2", p)
+    assert ids["embedding"]["kernel"] == ids["pos_embedding"] == ids["cls"] == 0
+    assert [ids["encoder"][f"block{i}"]["mlp"]["fc1"]["kernel"] for i in range(3)] == [1, 2, 3]
+    assert ids["encoder"]["norm"]["scale"] == 4
+
+
+def test_mixup_and_label_smoothing_targets():
+    t = transfer.soft_targets(jnp.array([0, 2]), 4, smoothing=0.2)
+    np.testing.assert_allclose(t, [[0.85, 0.05, 0.05, 0.05], [0.05, 0.05, 0.85, 0.05]], rtol=1e-6)
+    x = jnp.arange(8.0).reshape(4, 2)
+    y = jax.nn.one_hot(jnp.arange(4), 4)
+    xm, ym = transfer.mixup(jax.random.PRNGKey(0), x, y, 0.4)
+    np.testing.assert_allclose(ym.sum(-1), 1.0, rtol=1e-6)
+    lam = float(ym.max())  # every row mixes with one partner by the same lambda
+    assert 0.5 <= lam <= 1.0
+    np.testing.assert_allclose(xm.sum(), x.sum(), rtol=1e-5)  # a convex mix of a permutation
+
+
+def test_classifier_state_takes_the_pretrained_backbone():
+    config = tiny_config("unused")
+    model = classifier.build(config, 10)
+    mesh = parallel.make_mesh(1)
+    tx = optax.sgd(0.1)
+    donor = transfer.init_state(model, tx, mesh, (8, 8, 1), seed=5)
+    backbone = {
+        "params": donor.params["backbone"],
+        "batch_stats": donor.model_state["batch_stats"]["backbone"],
+    }
+    state = transfer.init_state(model, tx, mesh, (8, 8, 1), seed=0, backbone=backbone)
+    for a, b in zip(
+        jax.tree.leaves(state.params["backbone"]), jax.tree.leaves(backbone["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert not np.any(np.asarray(state.params["head"]["fc"]["kernel"]))  # a new, zero head

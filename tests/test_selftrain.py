@@ -1,0 +1,134 @@
+"""Self-training (FixMatch) mechanics: thresholds, weights, schedules, and the
+reduction to supervised training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssl_jax import optim, parallel, transfer
+from ssl_jax import pp as pp_lib
+from ssl_jax.data.labels import LabelStore
+from ssl_jax.data.loader import Loader
+from ssl_jax.models import classifier
+from ssl_jax.stages import selftrain
+from tests.objective_util import digits
+from tests.util import TINY_VIEW, tiny_config
+
+
+def test_threshold_masks_exactly_the_items_below_it():
+    probs = np.array([[0.99, 0.01, 0.0], [0.951, 0.049, 0.0], [0.949, 0.051, 0.0], [0.5, 0.3, 0.2]])
+    logits = jnp.log(jnp.asarray(probs) + 1e-30)
+    labels, mask, conf = selftrain.pseudo_labels(logits, 0.95)
+    np.testing.assert_array_equal(mask, [True, True, False, False])
+    np.testing.assert_array_equal(labels, [0, 0, 0, 0])
+    np.testing.assert_allclose(conf, probs.max(1), rtol=1e-5)
+    assert not selftrain.pseudo_labels(logits, 1.0)[1][1:].any()
+
+
+def test_certainty_weights():
+    logits = jnp.array([[50.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 0.0, 0.0]])
+    w = np.asarray(selftrain.certainty_weights(logits, 1.0))
+    np.testing.assert_allclose(w[:2], [1.0, 0.25], atol=1e-6)  # one-hot: 1, uniform: 1/C
+    assert 0.25 < w[2] < 1
+    # A higher temperature softens the prediction: lower certainty.
+    assert selftrain.certainty_weights(logits, 4.0)[2] < w[2]
+
+
+def test_unlabelled_weight_ramps():
+    sc = tiny_config("unused").selftrain
+    sc.update(unlabelled_weight=2.0, ramp_steps=100, ramp="linear")
+    np.testing.assert_allclose([selftrain.ramp(sc, s) for s in (0, 50, 100, 500)], [0, 1, 2, 2])
+    sc.ramp = "sigmoid"
+    np.testing.assert_allclose(selftrain.ramp(sc, 100), 2.0)
+    np.testing.assert_allclose(selftrain.ramp(sc, 50), 2.0 * np.exp(-5 * 0.25), rtol=1e-6)
+    sc.ramp = "none"
+    assert selftrain.ramp(sc, 0) == 2.0
+
+
+def _setup(**selftrain_overrides):
+    config = tiny_config("unused")
+    config.pp.weak = TINY_VIEW
+    config.pp.strong = TINY_VIEW + "|cutout(0.5, fill=0)"
+    sc = config.selftrain
+    sc.update(labelled_batch=16, unlabelled_ratio=3, ramp="none", **selftrain_overrides)
+    mesh = parallel.make_mesh(1)
+    model = classifier.build(config, 10)
+    tx, lr = optim.make(sc.optimizer, 10, 64)
+    variables = None
+    if sc.pseudo_labels == "snapshot":
+        fresh = transfer.init_state(model, tx, mesh, (8, 8, 1), 0)
+        variables = {"params": fresh.params, **fresh.model_state, "snapshot": fresh.params}
+    state = transfer.init_state(model, tx, mesh, (8, 8, 1), 0, variables=variables)
+    step = selftrain.make_step(
+        model, pp_lib.build(config.pp.weak), pp_lib.build(config.pp.strong), lr, mesh, sc
+    )
+    images, targets = digits()
+    labels = LabelStore.choose(targets, per_class=5).label_array()
+    batches = Loader(
+        {"image": images, "label": labels},
+        64,
+        mesh,
+        labels=labels,
+        labelled_per_batch=16,
+        balanced=True,
+    )
+    return state, step, next(batches)
+
+
+def _params_after(state, step, batch):
+    state, metrics = step(state, batch)
+    return jax.device_get(state.params), jax.device_get(state.model_state), metrics
+
+
+def _other_unlabelled_rows(batch):
+    # The loader puts 48 pool rows first, then the 16 labelled rows.
+    image = np.asarray(batch["image"]).copy()
+    image[:48] = image[:48][::-1]
+    image[:24] = 255 - image[:24]
+    return {**batch, "image": jnp.asarray(image)}
+
+
+def test_threshold_one_and_weight_zero_is_supervised_training_on_the_labelled_items():
+    state, step, batch = _setup(threshold=1.0, unlabelled_weight=0.0)
+    p1, s1, m1 = _params_after(state, step, batch)
+    state, step, _ = _setup(threshold=1.0, unlabelled_weight=0.0)
+    p2, s2, _ = _params_after(state, step, _other_unlabelled_rows(batch))
+    # The unlabelled rows have no influence at all: same parameters, same statistics.
+    for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert float(m1["mask_rate"]) == 0.0
+    # With a threshold of 0 and a weight, they do.
+    state, step, _ = _setup(threshold=0.0, unlabelled_weight=1.0)
+    p3, _, m3 = _params_after(state, step, batch)
+    assert float(m3["mask_rate"]) == 1.0 and float(m3["unlabelled_loss"]) > 0
+    assert any(
+        np.any(a != b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p3), strict=True)
+    )
+
+
+@pytest.mark.parametrize("weighting", [False, True])
+def test_uncertainty_weighting_changes_only_the_weights(weighting):
+    state, step, batch = _setup(threshold=0.0, uncertainty_weighting=weighting)
+    _, _, m = _params_after(state, step, batch)
+    # The new head predicts uniformly: every weight is 1/C = 0.1.
+    expected = np.log(10) * (0.1 if weighting else 1.0)
+    assert float(m["labelled_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(m["unlabelled_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_snapshot_pseudo_labels_refresh_every_n_steps():
+    state, step, batch = _setup(pseudo_labels="snapshot", refresh_every=2, threshold=0.0)
+    start = jax.device_get(state.params)
+    state, _ = step(state, batch)
+    after1 = jax.device_get(state)
+    for a, b in zip(
+        jax.tree.leaves(after1.model_state["snapshot"]), jax.tree.leaves(start), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)  # step 1: still the initial model
+    state, _ = step(state, batch)
+    after2 = jax.device_get(state)
+    for a, b in zip(
+        jax.tree.leaves(after2.model_state["snapshot"]), jax.tree.leaves(after2.params), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)  # step 2: refreshed from the model
