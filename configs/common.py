@@ -48,6 +48,8 @@ def base_config() -> mlc.ConfigDict:
     c.data.val_size = 5000  # carved from train, seeded by data.seed
     c.data.seed = 0
 
+    # Which pool items reveal their label: per_class of each class, or count in all
+    # (-1: every one); both 0: none (labels come from active learning or a person).
     c.labels = mlc.ConfigDict(dict(per_class=10, count=0, seed=0))
 
     c.model = mlc.ConfigDict(dict(name="cnn", kw=mlc.ConfigDict()))
@@ -131,6 +133,22 @@ def base_config() -> mlc.ConfigDict:
     c.selftrain.ckpt_every = 500
 
     c.predict = mlc.ConfigDict(dict(batch_size=1024))
+
+    # Active learning: each round acquires labels up to schedule[r] (round 0: the
+    # run's labels, or a cold-start set when it has none), trains, evaluates.
+    c.active = mlc.ConfigDict()
+    c.active.schedule = (10, 20, 50, 100)  # total labels after each round's labelling
+    c.active.strategy = "entropy"  # see ssl_jax/acquisition.py
+    c.active.start = "typiclust"  # cold start with no labels: random | typiclust | probcover
+    c.active.oracle = "dataset"  # dataset (reveal the true labels) | human (queries.csv, wait)
+    c.active.train = "probe"  # probe (frozen features) | finetune | selftrain
+    c.active.mc_passes = 10  # bald: MC dropout passes on the classifier's input features
+    c.active.mc_dropout = 0.5
+    c.active.max_clusters = 500  # typiclust
+    c.active.knn = 20  # typiclust: neighbours for typicality
+    c.active.probcover_delta = 0.0  # 0: chosen by cluster purity
+    c.active.probcover_purity = 0.95
+    c.active.contact_sheet_items = 64  # human oracle: images on the contact sheet
 
     c.probe = mlc.ConfigDict()
     c.probe.label_sets = ("labelled", "all")  # evaluate with the chosen few and with every label

@@ -40,6 +40,7 @@ def get_config(arg: str | None = None):
         momentum_teacher=0.996,
         center_momentum=0.9,
         num_local_crops=0,
+        freeze_last_layer_steps=0,
     )
     c.pretrain.optimizer.update(name="adamw", lr=5e-4, scale_lr=True, weight_decay=0.04)
     c.pretrain.optimizer.grad_clip = 3.0
@@ -60,6 +61,7 @@ def get_config(arg: str | None = None):
         c.pretrain.steps = 3000
         c.pretrain.optimizer.update(lr=1e-3, warmup_steps=300)
         c.objective.kw.warmup_teacher_temp_steps = 300
+        c.objective.kw.freeze_last_layer_steps = 215  # one epoch, as in the paper
     elif variant == "cifar10":
         c.model.name = "resnet:18"
         c.model.kw.cifar_stem = True

@@ -1,4 +1,5 @@
-"""Command line: ``python -m ssl_jax --config configs/simclr.py:mnist --workdir runs/a``.
+"""Command line: ``python -m ssl_jax --config configs/simclr.py:mnist --workdir runs/a``,
+and ``python -m ssl_jax label import|export --workdir W ...`` (see ssl_jax/labelling.py).
 
 Runs ``config.stages`` in order. Each stage is resumable, so re-running the
 same command after a crash continues where it stopped. Config overrides use
@@ -87,10 +88,14 @@ def main(argv):
     workdir = flags.FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"])
     )
+    from ssl_jax.stages.active import WaitingForLabels
     from ssl_jax.stages.loop import NonFiniteLoss
 
     try:
         results = run_pipeline(config, workdir)
+    except WaitingForLabels as e:
+        print(f"\nwaiting for labels: {e}")
+        return
     except (NonFiniteLoss, FileNotFoundError, ValueError) as e:
         if os.environ.get("SSL_JAX_DEBUG"):
             raise
@@ -134,6 +139,10 @@ def parse_flags(argv):
 
 
 def entry():
+    if sys.argv[1:2] == ["label"]:  # python -m ssl_jax label import|export ...
+        from ssl_jax import labelling
+
+        sys.exit(labelling.main(sys.argv[2:]))
     try:
         define_flags()
     except _OVERRIDE_ERRORS as e:

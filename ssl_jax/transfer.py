@@ -122,3 +122,36 @@ def mixup(key, images, targets, alpha: float):
     perm = jax.random.permutation(k_perm, images.shape[0])
     mix = lambda a: lam * a + (1 - lam) * a[perm]
     return mix(images), mix(targets)
+
+
+def classifier_outputs(config, best_dir: str, mesh, ds) -> dict:
+    """The best classifier in ``best_dir`` as active learning reads it: its
+    penultimate (backbone) features of the pool and its head's weights."""
+    from ssl_jax import optim
+    from ssl_jax import pp as pp_lib
+    from ssl_jax.models import classifier
+
+    model = classifier.build(config, ds.num_classes)
+    shape = ds.splits["train"].images.shape[1:]
+    like = init_state(model, optim.make(config.finetune.head.optimizer, 1, 1)[0], mesh, shape, 0)
+    best = Best(best_dir)
+    params, model_state, _ = best.restore(like)
+    best.close()
+
+    class _Backbone:  # the Embedder's "objective": one encode method
+        @staticmethod
+        def encode(params, model_state, x):
+            return model.apply({"params": params, **model_state}, x, method="features")
+
+    embed = Embedder(
+        _Backbone,
+        pp_lib.build(config.pp.eval, chunk_size=None),
+        mesh,
+        batch_size=config.eval.batch_size,
+    )
+    fc = params["head"]["fc"]
+    return {
+        "features": embed(params, model_state, ds.splits["train"].images),
+        "w": np.asarray(fc["kernel"]),
+        "b": np.asarray(fc["bias"]),
+    }

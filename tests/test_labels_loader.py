@@ -33,6 +33,8 @@ def test_label_store_count_and_errors():
         LabelStore.choose(y, per_class=3)
     with pytest.raises(ValueError, match="count"):
         LabelStore.choose(y, count=5)
+    assert len(LabelStore.choose(y, count=-1)) == 4  # every labelled item
+    assert len(LabelStore.choose(y)) == 0  # none: labels will come from elsewhere
 
 
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):

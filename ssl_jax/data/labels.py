@@ -7,6 +7,7 @@ leaves the old or the new file, never a mix, and a human's labels are never lost
 
 import json
 import os
+import signal
 import tempfile
 
 import numpy as np
@@ -21,6 +22,8 @@ def atomic_write_text(path: str, text: str):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if os.environ.get("SSL_JAX_KILL_BEFORE_RENAME") == os.path.basename(path):
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the crash tests
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -50,7 +53,9 @@ class LabelStore:
         cls, true_labels: np.ndarray, *, per_class: int = 0, count: int = 0, seed: int = 0
     ) -> "LabelStore":
         """Reveals ground-truth labels for a seeded subset: ``per_class`` items of
-        every class, or ``count`` items drawn uniformly from labelled items."""
+        every class, or ``count`` items drawn uniformly from labelled items
+        (``count=-1``: every labelled item). With neither, the store starts empty
+        (labels then come from active learning or a person)."""
         rng = np.random.default_rng(seed)
         known = np.flatnonzero(true_labels >= 0)
         if per_class:
@@ -64,12 +69,14 @@ class LabelStore:
                     )
                 chosen.append(rng.choice(members, per_class, replace=False))
             chosen = np.sort(np.concatenate(chosen))
+        elif count == -1:
+            chosen = known
         elif count:
             if count > len(known):
                 raise ValueError(f"labels.count={count} exceeds the {len(known)} labelled items")
             chosen = np.sort(rng.choice(known, count, replace=False))
         else:
-            chosen = known  # all labels
+            chosen = known[:0]
         return cls(len(true_labels), {int(i): (int(true_labels[i]), "dataset") for i in chosen})
 
     def indices(self) -> np.ndarray:

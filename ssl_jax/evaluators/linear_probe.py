@@ -6,6 +6,7 @@ reported, the protocol of SimCLR's linear evaluation on cached features.
 """
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,22 @@ def fit(x, y, l2_grid, *, num_classes, steps, lr):
     return jax.vmap(train_one)(l2_grid)
 
 
+class LinearModel(NamedTuple):
+    """A fitted probe: logits = ((x - mean) / std) @ w + b."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    w: jax.Array  # [D, C]
+    b: jax.Array  # [C]
+    l2: float
+
+    def standardize(self, x):
+        return jnp.asarray((x - self.mean) / self.std)
+
+    def logits(self, x):
+        return self.standardize(x) @ self.w + self.b
+
+
 class Evaluator:
     def __init__(
         self,
@@ -49,33 +66,29 @@ class Evaluator:
         val_split: str = "val",
         test_split: str = "test",
         prefix: str = "linear",
+        num_classes: int = 0,
     ):
         self.l2_grid, self.steps, self.lr = tuple(l2_grid), steps, lr
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.prefix = prefix
+        self.num_classes = num_classes  # 0: one more than the largest label seen
 
-    def run(self, features: dict) -> dict:
+    def _num_classes(self, features):
+        if self.num_classes:
+            return self.num_classes
+        labels = [features[s][1] for s in (self.train_split, self.val_split, self.test_split)]
+        return int(max(y.max() for y in labels if len(y))) + 1
+
+    def fit(self, features: dict) -> tuple[LinearModel, dict]:
+        """(the probe with the best val accuracy, {metric: value})."""
         x, y = features[self.train_split]
         mean, std = x.mean(0), x.std(0) + 1e-6
         norm = lambda a: jnp.asarray((a - mean) / std)
-        num_classes = (
-            int(
-                max(
-                    y.max(),
-                    *(
-                        features[s][1].max()
-                        for s in (self.val_split, self.test_split)
-                        if s in features and len(features[s][1])
-                    ),
-                )
-            )
-            + 1
-        )
         w, b = fit(
             norm(x),
             jnp.asarray(y),
             jnp.asarray(self.l2_grid, jnp.float32),
-            num_classes=num_classes,
+            num_classes=self._num_classes(features),
             steps=self.steps,
             lr=self.lr,
         )
@@ -96,4 +109,7 @@ class Evaluator:
         for split in (self.val_split, self.test_split):
             if has(split):
                 out[f"{self.prefix}_{split}_acc"] = float(accuracy(split)[best])
-        return out
+        return LinearModel(mean, std, w[best], b[best], float(self.l2_grid[best])), out
+
+    def run(self, features: dict) -> dict:
+        return self.fit(features)[1]

@@ -27,6 +27,10 @@ class Classifier(nn.Module):
             features = jax.lax.stop_gradient(features)
         return LinearClassifier(self.num_classes, name="head")(features)
 
+    def features(self, x):
+        """The backbone's features in inference mode (the head's input)."""
+        return self.backbone(x, train=False)
+
 
 def build(config, num_classes: int) -> Classifier:
     # As an attribute named "backbone" its parameters sit under "backbone", as

@@ -6,6 +6,7 @@ Each module defines ``Objective(config, *, num_classes=0)`` with:
   loss(params, model_state, batch, rng, train) -> (loss, (metrics, new_model_state))
                                          batch: {view name: images, "label": [B] int, -1 = none}
   after_step(state) -> state             what follows the optimizer (EMA teacher, ...)
+  mask_grads(grads, step) -> grads       optional: gradients to hold at zero for now
   encode(params, model_state, images) -> embeddings   used by evaluators
   backbone_variables(params, model_state) -> {"params": ..., "batch_stats": ...}
                                          the backbone alone (of ``config.model``), for transfer

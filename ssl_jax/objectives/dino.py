@@ -62,6 +62,7 @@ class Objective:
         self.warmup_steps = kw.warmup_teacher_temp_steps
         self.momentum_teacher, self.center_momentum = kw.momentum_teacher, kw.center_momentum
         self.total_steps = config.pretrain.steps
+        self.freeze_last_layer_steps = kw.freeze_last_layer_steps
         self.net = Net(
             backbone=get_model(config.model.name, **config.model.kw),
             head=DINOHead(
@@ -160,6 +161,16 @@ class Objective:
     def loss(self, params, model_state, batch, rng, train=True):
         loss, metrics, new_state, _ = self.forward(params, model_state, batch, rng, train)
         return loss, (metrics, new_state)
+
+    def mask_grads(self, grads, step):
+        """No gradient to the prototypes (the head's last layer) during the first
+        ``freeze_last_layer_steps``: the paper's "freeze the last layer during the
+        first epoch", which it finds stabilises the start of training."""
+        if not self.freeze_last_layer_steps:
+            return grads
+        keep = step >= self.freeze_last_layer_steps
+        last = jax.tree.map(lambda g: jnp.where(keep, g, 0.0), grads["head"]["last_v"])
+        return {**grads, "head": {**grads["head"], "last_v": last}}
 
     def after_step(self, state):
         """EMA of the student into the teacher and the next teacher temperature.

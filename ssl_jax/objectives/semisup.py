@@ -65,6 +65,11 @@ class Objective:
             metrics["same_class_corr"] = mean_corr
         return loss, (metrics, new_state)
 
+    def mask_grads(self, grads, step):
+        if not hasattr(self.base, "mask_grads"):
+            return grads
+        return {**grads, "base": self.base.mask_grads(grads["base"], step)}
+
     def after_step(self, state):
         # The base sees its own parameters (a DINO teacher follows them).
         inner = self.base.after_step(state.replace(params=state.params["base"]))

@@ -31,6 +31,8 @@ def make_step(model):
         (loss, (step_metrics, model_state)), grads = grad_fn(
             state.params, state.model_state, inputs, k_loss, True
         )
+        if hasattr(objective, "mask_grads"):  # e.g. DINO's frozen last layer early on
+            grads = objective.mask_grads(grads, state.step)
         new = objective.after_step(state.apply_gradients(grads, model_state=model_state))
         new, finite = loop.guard_finite(loss, new, state)
         out = dict(step_metrics, loss=loss, lr=lr_fn(state.step), finite=finite)
@@ -82,6 +84,8 @@ def run(config, workdir: str, mesh) -> dict:
     )
 
     def evaluate(state, step):
+        if not len(store):  # no labels yet (e.g. before active learning): nothing to measure
+            return {}
         feats = common.labelled_features(
             embed, state.params, state.model_state, ds, store, val_items=pc.eval_val_items
         )

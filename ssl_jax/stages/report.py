@@ -141,6 +141,38 @@ def _objective_images(config, workdir: str, pdir: str, mesh) -> list[str]:
     return [f"{name}.png" for name in grids]
 
 
+def active_section(active: dict, pdir: str) -> tuple[list[str], list[str]]:
+    """(report lines, plots) of the active-learning rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = active["rounds"]
+    lines = [
+        f"## Active learning ({active['strategy']})",
+        "",
+        "| round | labels | chosen by | val acc | test acc |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['round']} | {r['num_labels']} | {r['strategy']} | {100 * r['val_acc']:.2f}% "
+        f"| {100 * r['test_acc']:.2f}% |"
+        for r in rounds
+    ]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["num_labels"] for r in rounds], [r["test_acc"] for r in rounds], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("labels")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"active learning: {active['strategy']}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(pdir, "active.png"), dpi=100)
+    plt.close(fig)
+    return lines + [""], ["active.png"]
+
+
 def _embed_2d(x, method: str, seed: int):
     if method == "tsne":
         from sklearn.manifold import TSNE
@@ -182,6 +214,10 @@ def run(config, workdir: str, mesh) -> dict:
     trained = {stage: common.done_results(workdir, stage) for stage, _ in CLASSIFIER_STAGES}
     if table := classifier_table(trained):
         lines += ["## Fine-tuning and self-training", "", table, ""]
+    if active := common.done_results(workdir, "active"):
+        more, made = active_section(active, pdir)
+        lines += more
+        plots += made
     predict = common.done_results(workdir, "predict")
     if predict and predict["num_predicted"]:
         lines += [

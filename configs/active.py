@@ -1,0 +1,43 @@
+r"""Active learning on top of self-supervised pretraining: which images to label next.
+
+  ./launch.sh --config configs/active.py:mnist                      # dataset oracle, probe
+  ./launch.sh --config configs/active.py:mnist --config.active.strategy=margin
+  ./launch.sh --config configs/active.py:mnist_human --workdir runs/al   # you label the queries
+  ./launch.sh label import --workdir runs/al runs/al/active/round_00/queries.csv
+  ./launch.sh --config configs/active.py:mnist_cold10               # 10 labels + self-training
+
+The run starts with no labels: SimCLR pretraining as in configs/simclr.py, then
+the active stage picks a cold-start set (TypiClust) and goes round by round
+through ``active.schedule`` (see ssl_jax/stages/active.py).
+
+Variants: mnist (10 → 1,000 labels, linear probe on frozen features),
+mnist_human (a person labels 20, 40, 60 images through queries.csv),
+mnist_cold10 (10 TypiClust labels, then fine-tuning and self-training),
+cifar10 (ResNet-18, fine-tuning each round).
+"""
+
+from configs import simclr
+
+VARIANTS = ("mnist", "mnist_human", "mnist_cold10", "cifar10")
+
+
+def get_config(arg: str | None = None):
+    variant = arg or "mnist"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of configs/active.py: {', '.join(VARIANTS)}")
+    c = simclr.get_config("cifar10" if variant == "cifar10" else "mnist")
+    c.labels.per_class = 0  # no labels to start with
+    c.labels.count = 0
+    c.stages = ("pretrain", "active", "report")
+    c.active.schedule = (10, 20, 50, 100, 200, 500, 1000)
+    if variant == "mnist_human":
+        c.active.oracle = "human"
+        c.active.schedule = (20, 40, 60)
+        c.active.strategy = "margin"
+    elif variant == "mnist_cold10":
+        c.active.schedule = (10,)
+        c.active.train = "selftrain"
+    elif variant == "cifar10":
+        c.active.schedule = (10, 50, 100, 250, 500)
+        c.active.train = "finetune"
+    return c

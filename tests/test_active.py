@@ -1,0 +1,116 @@
+"""The active-learning loop through the CLI on real 8×8 digits: rounds, resume
+after a kill, and the human round trip (queries.csv → label import → continue)."""
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.test_pipeline import TINY, cli
+
+NO_LABELS = [a for a in TINY if not a.startswith("--config.labels")] + [
+    "--config.labels.per_class=0",
+    "--config.labels.count=0",
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits_folder, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("active") / "pretrained")
+    cli(
+        [
+            "--workdir",
+            workdir,
+            f"--config.data.name=folder:{digits_folder}",
+            *NO_LABELS,
+            "--config.stages=('pretrain',)",
+        ]
+    )
+    return workdir
+
+
+def _active(folder, workdir, *extra, schedule="(10, 20, 30)", env=None, check=True):
+    # A tuple override given twice is concatenated by ml_collections: give it once.
+    args = [
+        "--config",
+        "configs/active.py:mnist",
+        "--workdir",
+        workdir,
+        f"--config.data.name=folder:{folder}",
+        *NO_LABELS,
+        "--config.stages=('pretrain', 'active', 'report')",
+        f"--config.active.schedule={schedule}",
+        "--config.active.strategy=margin",
+        "--config.active.max_clusters=10",
+        *extra,
+    ]
+    return cli(args, env=env, check=check)
+
+
+def _queries(workdir, r):
+    with open(os.path.join(workdir, "active", f"round_{r:02d}", "queries.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_dataset_oracle_rounds_and_resume_after_a_kill(pretrained, digits_folder, tmp_path):
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    shutil.copytree(pretrained, full)
+    shutil.copytree(pretrained, killed)
+    proc = _active(digits_folder, full)
+    assert "active round 2: 30 labels (margin)" in proc.stdout
+    with open(os.path.join(full, "labels.json")) as f:
+        items = json.load(f)["items"]
+    assert len(items) == 30 and {d["source"] for d in items} == {"dataset"}
+    seen = set()
+    for r in range(3):
+        ids = [q["id"] for q in _queries(full, r)]
+        assert len(ids) == 10 and not seen & set(ids)  # never an already labelled item
+        seen |= set(ids)
+        with open(os.path.join(full, "active", f"round_{r:02d}", "metrics.json")) as f:
+            m = json.load(f)
+        assert m["num_labels"] == 10 * (r + 1) and 0.0 <= m["test_acc"] <= 1.0
+    assert _queries(full, 0)[0]["score"] == ""  # the typiclust cold start has no score
+    assert float(_queries(full, 1)[0]["score"]) <= 0  # margin scores are -(p1 - p2)
+    assert "## Active learning (margin)" in open(os.path.join(full, "report.md")).read()
+    # Killed right after round 0, then resumed: the same queries in every round.
+    proc = _active(digits_folder, killed, env={"SSL_JAX_KILL_AFTER_ROUND": "0"}, check=False)
+    assert proc.returncode == -9
+    round0 = os.path.getmtime(os.path.join(killed, "active", "round_00", "done.json"))
+    proc = _active(digits_folder, killed)
+    assert "active round 0" not in proc.stdout and "active round 1" in proc.stdout
+    assert os.path.getmtime(os.path.join(killed, "active", "round_00", "done.json")) == round0
+    for r in range(3):
+        assert _queries(killed, r) == _queries(full, r)
+
+
+@pytest.mark.slow
+def test_human_oracle_round_trip(pretrained, digits_folder, tmp_path):
+    workdir = str(tmp_path / "human")
+    shutil.copytree(pretrained, workdir)
+    extra = ("--config.active.oracle=human",)
+    for r in range(2):
+        proc = _active(digits_folder, workdir, *extra, schedule="(10, 20)")
+        assert proc.returncode == 0 and "waiting for labels" in proc.stdout
+        assert f"round {r}: 10 of 10 queried images need labels" in proc.stdout
+        rdir = os.path.join(workdir, "active", f"round_{r:02d}")
+        assert os.path.exists(os.path.join(rdir, "contact_sheet.png"))
+        # A person fills in the label column (here: the class folder of each file).
+        path = os.path.join(rdir, "queries.csv")
+        rows = _queries(workdir, r)
+        assert all(os.path.exists(q["path"]) for q in rows)  # real files to look at
+        for q in rows:
+            q["label"] = q["id"].split("/")[-2]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        proc = cli(["label", "import", "--workdir", workdir, path])
+        assert "merged 10 new label(s)" in proc.stdout
+    proc = _active(digits_folder, workdir, *extra, schedule="(10, 20)")
+    assert "active round 1: 20 labels (margin)" in proc.stdout
+    with open(os.path.join(workdir, "labels.json")) as f:
+        items = json.load(f)["items"]
+    assert len(items) == 20 and {d["source"] for d in items} == {"human"}
