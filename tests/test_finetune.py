@@ -14,9 +14,10 @@ from tests.objective_util import loader
 from tests.util import tiny_config
 
 
-def _setup(phase, unfreeze=-1, model="cnn", **kw):
+def _setup(phase, unfreeze=-1, model="cnn", bn_train=False, **kw):
     config = tiny_config("unused")
     config.finetune.body.unfreeze = unfreeze
+    config.finetune.bn_train = bn_train
     config.finetune.body.optimizer.warmup_steps = 0
     if model != "cnn":
         with config.unlocked():
@@ -91,14 +92,14 @@ def test_frozen_parameters_have_no_optimizer_state():
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_unfreezing_top_k_changes_exactly_those_layers(k):
-    _, state, step, batches, layers, trainable_from = _setup("body", unfreeze=k)
+    _, state, step, batches, layers, trainable_from = _setup("body", unfreeze=k, bn_train=True)
     top = max(jax.tree.leaves(layers))
     assert trainable_from == top - k  # the head is layer `top`
     before, after, _ = _run(state, step, batches)
     changed = _changed(before.params, after.params)
     for moved, layer in zip(jax.tree.leaves(changed), jax.tree.leaves(layers), strict=True):
         assert moved == (layer >= trainable_from), layer
-    # Statistics change only in the unfrozen BatchNorm layers.
+    # With bn_train, statistics change only in the unfrozen BatchNorm layers.
     bs_layers = layer_ids(
         "cnn", before.params["backbone"], before.model_state["batch_stats"]["backbone"]
     )
@@ -162,3 +163,10 @@ def test_classifier_state_takes_the_pretrained_backbone():
     ):
         np.testing.assert_array_equal(a, b)
     assert not np.any(np.asarray(state.params["head"]["fc"]["kernel"]))  # a new, zero head
+
+
+def test_batchnorm_statistics_stay_as_pretrained_by_default():
+    _, state, step, batches, _, _ = _setup("body")  # bn_train=False, all layers unfrozen
+    before, after, _ = _run(state, step, batches)
+    assert all(jax.tree.leaves(_changed(before.params, after.params)))
+    assert not any(jax.tree.leaves(_changed(before.model_state, after.model_state)))

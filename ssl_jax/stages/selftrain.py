@@ -19,9 +19,11 @@ per-item weight is w = exp(-H(softmax(logits / T))) (T =
 ``uncertainty_temperature`` > 1 softens the prediction before its entropy H;
 w is 1 for a one-hot prediction and 1/C for a uniform one, never 0, so a new
 head still learns), from the labelled item's own prediction and the unlabelled
-item's weak-view prediction; otherwise w = 1. BatchNorm statistics are updated from the
-labelled items only, so with ``threshold=1`` and weight 0 this is exactly
-supervised training on the labelled items.
+item's weak-view prediction; otherwise w = 1. BatchNorm runs in inference mode by default
+(``bn_train=False``: the pool's statistics from pretraining); with ``bn_train``
+each pass uses its batch statistics and the running averages follow the
+labelled items only. Either way, with ``threshold=1`` and weight 0 this is
+exactly supervised training on the labelled items.
 
 The model starts from the fine-tuning stage's best model (``init="finetune"``)
 or from the pretrained backbone with a new head (``"pretrain"``); the best
@@ -97,11 +99,11 @@ def make_step(model, weak, strong, lr, mesh, sc):
 
         def loss_fn(params):
             logits_l, new_ms = model.apply(
-                {"params": params, **ms}, xl, train=True, mutable=list(ms)
+                {"params": params, **ms}, xl, train=sc.bn_train, mutable=list(ms)
             )
             # Statistics of the strong pass are dropped: only labelled items set them.
             logits_s, _ = model.apply(
-                {"params": params, **ms}, xu_strong, train=True, mutable=list(ms)
+                {"params": params, **ms}, xu_strong, train=sc.bn_train, mutable=list(ms)
             )
             w_l = jnp.ones(n_l)
             w_u = mask.astype(jnp.float32)
