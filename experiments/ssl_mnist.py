@@ -52,6 +52,7 @@ def run_one(root, objective, seed, steps, extra):
         f"--config.seed={seed}",
         f"--config.labels.seed={seed}",
         f"--config.pretrain.steps={steps}",
+        "--config.stages=('pretrain', 'probe', 'report')",
         *extra,
     ]
     print("$", " ".join(cmd), flush=True)

@@ -68,7 +68,8 @@ def make_step(model, pp_fn, tx_lr, mesh, *, num_classes, frozen_backbone, stats_
             logits, new_ms = model.apply(
                 {"params": params, **state.model_state},
                 x,
-                train=fc.bn_train,
+                # From scratch there are no pretrained statistics to keep.
+                train=fc.bn_train or fc.init == "scratch",
                 frozen_backbone=frozen_backbone,
                 mutable=list(state.model_state),
             )
