@@ -4,19 +4,23 @@ r"""SimCLR pretraining, then kNN and a linear probe with few labels.
   ./launch.sh --config configs/simclr.py:cifar10 --config.data.data_dir=/data/tfds
   python -m ssl_jax --config configs/simclr.py:imagenet --workdir gs://...
 
-Variants: mnist (default; a small CNN, ~12 min on 2 CPU cores), cifar10
+Variants: mnist (default; a small CNN, ~12 min on 2 CPU cores), mnist_long
+(then fine-tuning, 3,000 self-training steps and predictions), cifar10
 (ResNet-18 with CIFAR stem, the paper's CIFAR recipe), imagenet (ResNet-50,
 batch 4096, LARS), the last two reading prepared TFDS datasets.
 """
 
 from configs import common
 
-VARIANTS = common.VARIANTS
+VARIANTS = (*common.VARIANTS, "mnist_long")
+FULL_PIPELINE = ("pretrain", "probe", "finetune", "selftrain", "predict", "report")
 
 
 def get_config(arg: str | None = None):
     variant = arg or "mnist"
     c = common.base_config()
+    long = variant == "mnist_long"
+    variant = "mnist" if long else variant
     common.set_dataset(c, variant, "simclr.py")
     c.objective.name = "simclr"
     c.objective.kw.temperature = 0.2
@@ -31,6 +35,10 @@ def get_config(arg: str | None = None):
         c.pretrain.steps = 3000
         c.pretrain.batch_size = 256
         c.pretrain.optimizer.lr = 2e-3
+        if long:  # the whole transfer pipeline, with a long self-training phase
+            c.stages = FULL_PIPELINE
+            c.selftrain.steps = 3000
+            c.selftrain.eval_every = 250
     elif variant == "cifar10":
         c.model.name = "resnet:18"
         c.model.kw.cifar_stem = True
