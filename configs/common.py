@@ -232,6 +232,19 @@ def set_dataset(c: mlc.ConfigDict, variant: str, config_file: str) -> None:
         )
 
 
+def classic_backbone(c: mlc.ConfigDict, variant: str) -> None:
+    """The backbone of the classic objectives: SimCLR's per dataset (the small CNN
+    with a dense feature layer on MNIST, ResNet-18 with the CIFAR stem, ResNet-50)."""
+    if variant == "mnist":
+        c.model.name = "cnn"
+        c.model.kw.dense_dim = 256
+    elif variant == "cifar10":
+        c.model.name = "resnet:18"
+        c.model.kw.cifar_stem = True
+    else:
+        c.model.name = "resnet:50"
+
+
 def lock(c: mlc.ConfigDict) -> mlc.ConfigDict:
     c.lock()
     return c

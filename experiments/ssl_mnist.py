@@ -24,7 +24,19 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OBJECTIVES = ("simclr", "dino", "mae", "supcon", "semisup", "supervised")
+OBJECTIVES = (
+    "simclr",
+    "dino",
+    "mae",
+    "supcon",
+    "semisup",
+    "supervised",
+    "autoencoder",
+    "gan",
+    "rbm",
+    "rotation",
+    "patch_position",
+)
 METRICS = (
     ("labelled/knn_test_acc", "kNN, 100 labels"),
     ("labelled/linear_test_acc", "linear, 100 labels"),

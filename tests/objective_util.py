@@ -45,10 +45,16 @@ def loader(config, mesh):
 
 
 def run_steps(
-    objective: str, num_devices: int, steps: int = 3, fixed_batch=False, variant="mnist", **kw
+    objective: str,
+    num_devices: int,
+    steps: int = 3,
+    fixed_batch=False,
+    variant="mnist",
+    track="loss",
+    **kw,
 ):
-    """(losses, final state as host arrays, metrics of the last step); ``kw``
-    overrides config keys, as in ``tiny_config``."""
+    """(the ``track`` metric at every step, final state as host arrays, metrics of
+    the last step); ``kw`` overrides config keys, as in ``tiny_config``."""
     config, mesh, model = build(objective, num_devices, variant, **kw)
     state = model.init_state(0)
     batches = loader(config, mesh)
@@ -56,7 +62,7 @@ def run_steps(
     losses, batch = [], next(batches)
     for _ in range(steps):
         state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
+        losses.append(float(metrics[track]))
         if not fixed_batch:
             batch = next(batches)
     return losses, jax.device_get(state), jax.device_get(metrics)

@@ -45,6 +45,15 @@ def tiny_config(data_name: str, objective: str = "simclr", variant: str = "mnist
         with c.pp.views.unlocked():
             for name in [n for n in c.pp.views if n.startswith("local")][2:]:
                 del c.pp.views[name]
+    if objective in ("autoencoder", "colorization"):
+        kw.decoder_width = 8
+    if objective == "gan":
+        kw.update(z_dim=8, width=8)
+        c.model.kw.update(width=8, feature_dim=16)
+    if objective == "rbm":
+        c.model.kw.hidden = (32, 16)
+    if objective == "patch_position":
+        kw.update(patch=2, gap=1, jitter=0)
     if objective == "mae":
         with c.model.kw.unlocked():
             c.model.kw.update(depth=2, width=32, num_heads=2, mlp_dim=64, patch_size=2)

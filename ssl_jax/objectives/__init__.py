@@ -7,6 +7,8 @@ Each module defines ``Objective(config, *, num_classes=0)`` with:
                                          batch: {view name: images, "label": [B] int, -1 = none}
   after_step(state) -> state             what follows the optimizer (EMA teacher, ...)
   mask_grads(grads, step) -> grads       optional: gradients to hold at zero for now
+  optimizer(pretrain_config) -> (tx, lr) optional: its own optimizer (GAN: one per network)
+  visualize(params, model_state, images, rng) -> {name: {row: images}}   optional: report grids
   encode(params, model_state, images) -> embeddings   used by evaluators
   backbone_variables(params, model_state) -> {"params": ..., "batch_stats": ...}
                                          the backbone alone (of ``config.model``), for transfer

@@ -111,7 +111,10 @@ class PretrainModel:
         self.views_fn = pp_lib.build_views(views, chunk_size=config.pp.chunk_size or None)
         self.eval_fn = pp_lib.build(config.pp.eval, chunk_size=None)
         pc = config.pretrain
-        self.tx, self.lr = optim.make(pc.optimizer, pc.steps, pc.batch_size)
+        if hasattr(self.objective, "optimizer"):  # objectives with their own (GAN: two)
+            self.tx, self.lr = self.objective.optimizer(pc)
+        else:
+            self.tx, self.lr = optim.make(pc.optimizer, pc.steps, pc.batch_size)
         self.image_shape = tuple(image_shape)
 
     def inputs(self, key, batch: dict) -> dict:

@@ -1,0 +1,42 @@
+"""A convolutional decoder from a feature vector back to an image-shaped output,
+shared by the autoencoder, colorization and the GAN generator.
+
+Dense → a (H/4, W/4, 4·width) map → two stride-2 transposed convolutions
+(BatchNorm + ReLU) → a 3×3 conv to ``channels`` outputs; resized at the end
+when H or W is not a multiple of 4.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class ConvDecoder(nn.Module):
+    out_shape: tuple[int, int, int]  # (H, W, channels)
+    width: int = 32
+    final_activation: str = "none"  # none | tanh
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z, train: bool = False):
+        h, w, c = self.out_shape
+        h0, w0 = -(-h // 4), -(-w // 4)
+        bn = lambda name: nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name
+        )
+        x = nn.Dense(h0 * w0 * 4 * self.width, dtype=self.dtype, name="fc")(z.astype(self.dtype))
+        x = nn.relu(bn("bn_fc")(x)).reshape(z.shape[0], h0, w0, 4 * self.width)
+        for i, features in enumerate((2 * self.width, self.width)):
+            x = nn.ConvTranspose(
+                features, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype, name=f"up{i}"
+            )(x)
+            x = nn.relu(bn(f"bn{i}")(x))
+        x = nn.Conv(c, (3, 3), padding="SAME", dtype=self.dtype, name="out")(x)
+        if x.shape[1:3] != (h, w):
+            x = jax.image.resize(x, (x.shape[0], h, w, c), "linear")
+        x = x.astype(jnp.float32)
+        return jnp.tanh(x) if self.final_activation == "tanh" else x
