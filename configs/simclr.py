@@ -30,7 +30,7 @@ def get_config(arg: str | None = None):
 
     if variant == "mnist":
         c.model.name = "cnn"
-        c.model.kw.dense_dim = 256  # keep the stroke layout; see experiments/few_labels_mnist.md
+        c.model.kw.dense_dim = 256  # a dense layer keeps where strokes are
         c.pp.views.view1 = c.pp.views.view2 = common.MNIST_VIEW
         c.pretrain.steps = 3000
         c.pretrain.batch_size = 256

@@ -132,3 +132,23 @@ def test_dino_runs_with_a_vit_backbone_and_local_crops():
     # 8×8 global crops give a 4×4 grid, 4×4 local crops 2×2: the learned
     # position embeddings were resized for them.
     assert state.params["backbone"]["pos_embedding"].shape == (1, 16, 32)
+
+
+def test_last_layer_is_frozen_for_the_configured_steps():
+    overrides = {"objective.kw.freeze_last_layer_steps": 2, "pretrain.optimizer.warmup_steps": 0}
+    config, mesh, model = build("dino", 1, **overrides)
+    state = model.init_state(0)
+    step, batches = make_step(model), loader(config, mesh)
+
+    def prototypes(s):  # what the network uses: the weight-normalised columns
+        v = np.asarray(jax.device_get(s.params["head"]["last_v"]), np.float64)
+        return v / np.linalg.norm(v, axis=0, keepdims=True)
+
+    start = prototypes(state)
+    for _ in range(2):
+        state, _ = step(state, next(batches))
+    # Steps 0 and 1: frozen. (AdamW's decoupled weight decay still scales the raw
+    # weights; the normalisation cancels that.)
+    np.testing.assert_allclose(prototypes(state), start, rtol=1e-5, atol=1e-7)
+    state, _ = step(state, next(batches))
+    assert np.abs(prototypes(state) - start).max() > 1e-4  # step 2: they learn

@@ -42,6 +42,7 @@ def tiny_config(data_name: str, objective: str = "simclr", variant: str = "mnist
         kw.update(proj_hidden_dim=32, proj_dim=16)
     if objective == "dino" or kw.get("base") == "dino":
         kw.update(out_dim=64, hidden_dim=32, bottleneck_dim=16, num_local_crops=2)
+        kw.freeze_last_layer_steps = 0  # tested on its own (test_dino.py)
         with c.pp.views.unlocked():
             for name in [n for n in c.pp.views if n.startswith("local")][2:]:
                 del c.pp.views[name]

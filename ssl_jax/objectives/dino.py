@@ -165,7 +165,9 @@ class Objective:
     def mask_grads(self, grads, step):
         """No gradient to the prototypes (the head's last layer) during the first
         ``freeze_last_layer_steps``: the paper's "freeze the last layer during the
-        first epoch", which it finds stabilises the start of training."""
+        first epoch", which it finds stabilises the start of training. (Decoupled
+        weight decay still scales the raw weights; the weight normalisation of
+        the prototypes cancels a uniform scaling, so they stay as they were.)"""
         if not self.freeze_last_layer_steps:
             return grads
         keep = step >= self.freeze_last_layer_steps
