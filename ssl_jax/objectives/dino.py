@@ -26,7 +26,6 @@ than the student's.
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -34,20 +33,9 @@ from ssl_jax import losses
 from ssl_jax.models import get_model
 from ssl_jax.models.heads import DINOHead
 from ssl_jax.objectives import submodule_variables
+from ssl_jax.objectives.simclr import Net  # backbone + head, the same network
 
 METHOD_STATE = ("teacher", "center", "teacher_temp")
-
-
-class Net(nn.Module):
-    backbone: nn.Module
-    head: nn.Module
-
-    def __call__(self, x, train: bool = False):
-        features = self.backbone(x, train=train)
-        return features, self.head(features, train=train)
-
-    def encode(self, x):
-        return self.backbone(x, train=False)
 
 
 class Objective:
