@@ -35,3 +35,18 @@ def get_objective(config, *, num_classes: int = 0):
 def submodule_variables(variables: dict, name: str) -> dict:
     """The variables of submodule ``name`` in every collection that has it."""
     return {col: tree[name] for col, tree in variables.items() if name in tree}
+
+
+class BackboneObjective:
+    """Defaults for objectives whose network ``self.net`` has a ``backbone``
+    submodule and an ``encode`` method: nothing after the optimizer step,
+    evaluation through ``encode``, the backbone's variables for transfer."""
+
+    def after_step(self, state):
+        return state
+
+    def encode(self, params, model_state, images):
+        return self.net.apply({"params": params, **model_state}, images, method="encode")
+
+    def backbone_variables(self, params, model_state):
+        return submodule_variables({"params": params, **model_state}, "backbone")

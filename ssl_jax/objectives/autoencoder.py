@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from ssl_jax.models import get_model
 from ssl_jax.models.decoder import ConvDecoder
-from ssl_jax.objectives import submodule_variables
+from ssl_jax.objectives import BackboneObjective
 
 CORRUPTIONS = ("none", "gaussian", "mask")
 
@@ -50,7 +50,7 @@ def corrupt(key, x, kind: str, noise: float):
     raise ValueError(f"unknown objective.kw.corruption {kind!r}: {', '.join(CORRUPTIONS)}")
 
 
-class Objective:
+class Objective(BackboneObjective):
     views = ("view1",)
 
     def __init__(self, config, *, num_classes: int = 0):
@@ -79,15 +79,6 @@ class Objective:
             mutable=list(model_state),
         )
         return jnp.mean((recon - x) ** 2), ({}, dict(new_state))
-
-    def after_step(self, state):
-        return state
-
-    def encode(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, method=Net.encode)
-
-    def backbone_variables(self, params, model_state):
-        return submodule_variables({"params": params, **model_state}, "backbone")
 
     def visualize(self, params, model_state, images, rng):
         corrupted = corrupt(rng, images, self.corruption, self.noise)

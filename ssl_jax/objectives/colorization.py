@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from ssl_jax.models import get_model
 from ssl_jax.models.decoder import ConvDecoder
-from ssl_jax.objectives import submodule_variables
+from ssl_jax.objectives import BackboneObjective
 from ssl_jax.objectives.autoencoder import Net
 
 LUMA = jnp.array([0.299, 0.587, 0.114])
@@ -34,7 +34,7 @@ def gray_input(x):
     return jnp.repeat(split_colour(x)[0], 3, axis=-1)
 
 
-class Objective:
+class Objective(BackboneObjective):
     views = ("view1",)
 
     def __init__(self, config, *, num_classes: int = 0):
@@ -67,16 +67,10 @@ class Objective:
         )
         return jnp.mean((pred - chroma) ** 2), ({}, dict(new_state))
 
-    def after_step(self, state):
-        return state
-
     def encode(self, params, model_state, images):
         return self.net.apply(
             {"params": params, **model_state}, gray_input(images), method=Net.encode
         )
-
-    def backbone_variables(self, params, model_state):
-        return submodule_variables({"params": params, **model_state}, "backbone")
 
     def visualize(self, params, model_state, images, rng):
         y, _ = split_colour(images)

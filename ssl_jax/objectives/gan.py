@@ -25,7 +25,7 @@ import optax
 
 from ssl_jax.models import get_model
 from ssl_jax.models.decoder import ConvDecoder
-from ssl_jax.objectives import submodule_variables
+from ssl_jax.objectives import BackboneObjective
 
 
 class GAN(nn.Module):
@@ -53,7 +53,7 @@ class GAN(nn.Module):
         return self.backbone(x, train=False)
 
 
-class Objective:
+class Objective(BackboneObjective):
     views = ("view1",)
 
     def __init__(self, config, *, num_classes: int = 0):
@@ -126,15 +126,6 @@ class Objective:
     def loss(self, params, model_state, batch, rng, train=True):
         d_loss, g_loss, new_state, metrics = self.terms(params, model_state, batch, rng, train)
         return d_loss + g_loss, (metrics, new_state)
-
-    def after_step(self, state):
-        return state
-
-    def encode(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, method=GAN.encode)
-
-    def backbone_variables(self, params, model_state):
-        return submodule_variables({"params": params, **model_state}, "backbone")
 
     def visualize(self, params, model_state, images, rng):
         z = jax.random.normal(jax.random.PRNGKey(0), (2 * images.shape[0], self.z_dim))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from ssl_jax import losses
 from ssl_jax.models import get_model
-from ssl_jax.objectives import submodule_variables
+from ssl_jax.objectives import BackboneObjective
 
 # Grid (row, col) of the 8 neighbours of the centre cell (1, 1), in label order.
 NEIGHBOURS = [(r, c) for r in range(3) for c in range(3) if (r, c) != (1, 1)]
@@ -67,7 +67,7 @@ class Net(nn.Module):
         return self.backbone(x, train=False)
 
 
-class Objective:
+class Objective(BackboneObjective):
     views = ("view1",)
 
     def __init__(self, config, *, num_classes: int = 0):
@@ -87,12 +87,3 @@ class Objective:
         )
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         return losses.softmax_xent(logits, labels), ({"position_acc": acc}, dict(new_state))
-
-    def after_step(self, state):
-        return state
-
-    def encode(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, method=Net.encode)
-
-    def backbone_variables(self, params, model_state):
-        return submodule_variables({"params": params, **model_state}, "backbone")

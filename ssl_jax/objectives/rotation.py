@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from ssl_jax import losses
 from ssl_jax.models import get_model
 from ssl_jax.models.heads import LinearClassifier
-from ssl_jax.objectives import submodule_variables
+from ssl_jax.objectives import BackboneObjective
 from ssl_jax.objectives.supervised import Net
 
 
@@ -27,7 +27,7 @@ def rotate_all(images):
     return jnp.concatenate(rotated), labels
 
 
-class Objective:
+class Objective(BackboneObjective):
     views = ("view1",)
 
     def __init__(self, config, *, num_classes: int = 0):
@@ -47,12 +47,3 @@ class Objective:
         )
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         return losses.softmax_xent(logits, labels), ({"rotation_acc": acc}, dict(new_state))
-
-    def after_step(self, state):
-        return state
-
-    def encode(self, params, model_state, images):
-        return self.net.apply({"params": params, **model_state}, images, method=Net.encode)
-
-    def backbone_variables(self, params, model_state):
-        return submodule_variables({"params": params, **model_state}, "backbone")
