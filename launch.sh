@@ -3,6 +3,8 @@
 #   ./launch.sh                 the default pipeline (SimCLR on bundled MNIST → kNN + linear probe)
 #   ./launch.sh test [ARGS]     the test suite (ARGS go to pytest)
 #   ./launch.sh bench [ARGS]    throughput benchmark (experiments/bench/throughput.py)
+#   ./launch.sh bench-peers [ARGS]  ssl_jax against PyTorch/lightly/scikit-learn/scikit-activeml
+#                               (experiments/bench/peers.py; installs the peers in .venv-bench)
 #   ./launch.sh ARGS...         python -m ssl_jax ARGS (e.g. --config configs/simclr.py:mnist)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,6 +47,23 @@ case "${1:-}" in
   bench)
     shift
     exec "$VENV/bin/python" experiments/bench/throughput.py "$@"
+    ;;
+  bench-peers)
+    shift
+    peers=.venv-bench
+    reqs=experiments/bench/requirements-bench.txt
+    want=$(sha256sum "$reqs" | cut -c1-16)
+    if [ "$(cat "$peers/.installed" 2>/dev/null)" != "$want" ]; then
+      echo "setting up $peers with the peers (first run only; log in $peers/setup.log)..." >&2
+      [ -x "$peers/bin/python" ] || "$PYTHON" -m venv "$peers"
+      if ! "$peers/bin/python" -m pip install -r "$reqs" >"$peers/setup.log" 2>&1; then
+        tail -n 30 "$peers/setup.log" >&2
+        echo "error: installing $reqs failed (full log: $peers/setup.log)" >&2
+        exit 1
+      fi
+      echo "$want" > "$peers/.installed"
+    fi
+    exec "$VENV/bin/python" experiments/bench/peers.py --peer-python "$peers/bin/python" "$@"
     ;;
   *)
     exec "$VENV/bin/python" -m ssl_jax "$@"

@@ -25,3 +25,36 @@ def test_acquisition_bench_runs_at_toy_size(capsys):
     assert {r["strategy"] for r in rows} == set(acquisition.STRATEGIES)
     assert all(r["select_s"] >= 0 for r in rows)
     assert "| 400 | coreset |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_peer_bench_runs_every_job_at_toy_size_on_the_ssl_jax_side(capsys, tmp_path):
+    from experiments.bench import peers
+
+    out = tmp_path / "table.md"
+    rows = peers.main(["--toy", "--ssl-jax-only", "--out", str(out)])
+    assert {r["job"] for r in rows} == set(peers.JOBS)
+    assert all(r["side"] == "ssl_jax" and r["per_s"] > 0 for r in rows)
+    # Model steps carry XLA's FLOP count, hence GFLOP/s and a fraction of the matmul peak.
+    steps = [r for r in rows if r["job"] in ("simclr_step", "mae_step")]
+    assert all(r["gflops"] > 0 and r["of_peak"] > 0 for r in steps)
+    assert "| knn | ssl_jax |" in out.read_text()
+
+
+def test_peer_bench_ratio_is_against_the_fastest_peer_setting():
+    from experiments.bench import peers
+
+    results = {
+        ("peer", "eager"): {"times": [2.0, 2.2, 1.8], "items": 10, "info": {}},
+        ("peer", "compile"): {"times": [1.0, 1.1, 0.9], "items": 10, "info": {}},
+        ("ssl_jax", "jit"): {
+            "times": [0.5, 0.5, 0.6],
+            "items": 10,
+            "info": {"flops_per_item": 1e9},
+        },
+    }
+    rows = {r["setting"]: r for r in peers.rows_for("simclr_step", "image", results, 40.0)}
+    assert rows["compile"]["fastest_peer"] and not rows["eager"]["fastest_peer"]
+    assert rows["jit"]["ratio"] == pytest.approx((10 / 0.5) / (10 / 1.0))
+    assert rows["jit"]["gflops"] == pytest.approx(20.0)  # 20 images/s x 1 GFLOP
+    assert rows["compile"]["of_peak"] == pytest.approx(10.0 / 40.0)

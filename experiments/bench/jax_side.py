@@ -1,0 +1,221 @@
+"""The ssl_jax side of experiments/bench/peers.py: one setup function per job.
+
+``JOBS[name](params, peer_info) -> (variants, info)``: ``variants`` maps a
+setting name to a callable that does one timed repeat of the job and returns
+the number of items it processed (images, rows, queries); it has already been
+called once (compilation and warm-up are never timed). ``info`` carries what
+the table needs besides time: FLOPs per item for model steps (XLA's cost
+analysis of the compiled step) and the accuracy reached for the probe and kNN.
+"""
+
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import mae as mae_config  # noqa: E402
+from configs import simclr  # noqa: E402
+from experiments.bench import data  # noqa: E402
+from ssl_jax import acquisition, parallel  # noqa: E402
+from ssl_jax.evaluators import knn as knn_lib  # noqa: E402
+from ssl_jax.evaluators import linear_probe  # noqa: E402
+from ssl_jax.stages.common import PretrainModel  # noqa: E402
+from ssl_jax.stages.pretrain import make_step  # noqa: E402
+
+# What config.xla_fast_cpu_conv selects (ssl_jax/cli.py), per compile.
+EIGEN_CONV = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def cost_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def pretrain_step(config, image_shape, compiler_options=None, seed=0):
+    """The jitted pretraining step of ``config`` on one fixed random batch.
+
+    Returns (run, flops): ``run(n)`` does n steps and waits for them; flops is
+    XLA's count for one step."""
+    mesh = parallel.make_mesh()
+    model = PretrainModel(config, mesh, image_shape)
+    batch = data.images(config.pretrain.batch_size, image_shape[0], image_shape[2], seed)
+    x = parallel.put_global_batch({"image": batch}, mesh)
+    state = model.init_state(seed)
+    exe = make_step(model).lower(state, x).compile(compiler_options=compiler_options)
+    holder = {"state": state}
+
+    def run(n):
+        s = holder["state"]
+        for _ in range(n):
+            s, m = exe(s, x)
+        jax.block_until_ready(m["loss"])
+        holder["state"] = s
+
+    run(1)
+    return run, cost_flops(exe)
+
+
+def _steps(config, shape, params):
+    steps = params["steps"]
+    run, flops = pretrain_step(config, shape, EIGEN_CONV)
+
+    def go():
+        run(steps)
+        return steps * params["batch"]
+
+    return {"jit": go}, {"flops_per_item": flops / params["batch"]}
+
+
+def simclr_step(params, peer_info=None):
+    """ResNet-18 (CIFAR stem), projection 512-2048-128, NT-Xent at T=0.5, LARS;
+    the step also augments both views on the device (the peer gets them ready)."""
+    c = simclr.get_config("cifar10")
+    with c.unlocked():
+        c.pretrain.batch_size = params["batch"]
+        if params.get("width", 1.0) != 1.0:
+            c.model.kw.width = params["width"]
+    return _steps(c, (32, 32, 3), params)
+
+
+def mae_step(params, peer_info=None):
+    """ViT-Ti/4 on 32x32, 75% masking, decoder 128 wide and 2 deep, AdamW."""
+    c = mae_config.get_config("cifar10")
+    with c.unlocked():
+        c.pretrain.batch_size = params["batch"]
+        if params.get("depth"):
+            c.model.kw.depth = params["depth"]
+    return _steps(c, (32, 32, 3), params)
+
+
+def augment(params, peer_info=None):
+    """SimCLR's two views of every image of a batch (crop, flip, colour jitter,
+    grayscale; Gaussian blur at 224), ``batches`` batches per repeat."""
+    size, src = params["size"], params["source"]
+    variant = "cifar10" if size == 32 else "imagenet"
+    c = simclr.get_config(variant)
+    with c.unlocked():
+        c.pretrain.batch_size = params["batch"]
+    model = PretrainModel(c, parallel.make_mesh(), (src, src, 3))
+    views = jax.jit(model.views_fn)
+    batches = [
+        jnp.asarray(data.images(params["batch"], src, 3, seed=i)) for i in range(params["batches"])
+    ]
+    key = jax.random.PRNGKey(0)
+
+    def go():
+        for i, b in enumerate(batches):
+            out = views(jax.random.fold_in(key, i), b)
+        jax.block_until_ready(out)
+        return params["batch"] * len(batches)
+
+    go()
+    return {"jit": go}, {}
+
+
+def linear_probe_job(params, peer_info=None):
+    """Multinomial logistic regression on standardised features, one L2
+    strength, full-batch Adam for as few steps as reach the peer's val accuracy
+    (the step count is searched here, untimed)."""
+    x, y, xv, yv = data.features(params["train"], params["val"], params["dim"], params["classes"])
+    l2 = jnp.asarray([params["l2"]], jnp.float32)
+    target = (peer_info or {}).get("val_acc", 0.0) - params.get("tolerance", 0.001)
+
+    def fit_and_score(steps):
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        w, b = linear_probe.fit(
+            jnp.asarray((x - mean) / std),
+            jnp.asarray(y),
+            l2,
+            num_classes=params["classes"],
+            steps=steps,
+            lr=params["lr"],
+        )
+        pred = jnp.argmax(jnp.asarray((xv - mean) / std) @ w[0] + b[0], axis=-1)
+        return float(np.mean(np.asarray(pred) == yv))
+
+    for steps in params["step_grid"]:
+        acc = fit_and_score(steps)
+        if acc >= target:
+            break
+
+    def go():
+        fit_and_score(steps)
+        return len(x)
+
+    return {"jit": go}, {"val_acc": acc, "setting": f"{steps} Adam steps"}
+
+
+def knn_job(params, peer_info=None):
+    """Cosine kNN, k neighbours, every test item against every train item."""
+    x, y, xt, yt = data.features(params["train"], params["test"], params["dim"], params["classes"])
+    x, y, xt = jnp.asarray(x), jnp.asarray(y), jnp.asarray(xt)
+    out = {}
+
+    def go():
+        pred = knn_lib.knn_predict(
+            x, y, xt, k=params["k"], temperature=0.07, num_classes=params["classes"]
+        )
+        out["acc"] = float(np.mean(np.asarray(pred) == yt))
+        return len(xt)
+
+    go()
+    return {"jit": go}, {"test_acc": out["acc"]}
+
+
+def acquisition_job(params, peer_info=None):
+    """Score the pool and select ``budget`` unlabelled items with one strategy;
+    inputs are logits (softmax included in the timing) and embeddings."""
+    emb, logits, _, labelled = data.pool(params["pool"], params["dim"], params["classes"])
+    strategy = params["strategy"]
+    softmax = jax.jit(jax.nn.softmax)
+    calls = {"n": 0}
+
+    def go():
+        probs = np.asarray(softmax(logits))
+        pool = acquisition.Pool(labelled=labelled, probs=probs, embeddings=emb)
+        calls["n"] += 1
+        acquisition.select(strategy, pool, params["budget"], jax.random.PRNGKey(calls["n"]))
+        return len(logits)
+
+    go()
+    return {"jit": go}, {}
+
+
+def matmul(params, peer_info=None):
+    """float32 n x n matmul: this CPU's reachable peak, in the same run."""
+    n = params["n"]
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(n, n)).astype(np.float32))
+    b = jnp.asarray(rng.normal(size=(n, n)).astype(np.float32))
+    mm = jax.jit(jnp.dot)
+
+    def go():
+        for _ in range(params["reps"]):
+            out = mm(a, b)
+        jax.block_until_ready(out)
+        return params["reps"]
+
+    go()
+    return {"jit": go}, {"flops_per_item": 2.0 * n**3}
+
+
+JOBS = {
+    "matmul": matmul,
+    "simclr_step": simclr_step,
+    "mae_step": mae_step,
+    "augment32": augment,
+    "augment224": augment,
+    "linear_probe": linear_probe_job,
+    "knn": knn_job,
+    "entropy": acquisition_job,
+    "margin": acquisition_job,
+    "coreset": acquisition_job,
+    "badge": acquisition_job,
+    "typiclust": acquisition_job,
+}
