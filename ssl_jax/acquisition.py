@@ -68,8 +68,12 @@ def least_confidence(p):
 
 
 def margin(p):
-    top2 = jax.lax.top_k(p, 2)[0]
-    return top2[..., 1] - top2[..., 0]
+    # Second largest by masking the argmax: one pass each, where top_k sorts
+    # (3x slower on the CPU at 1M x 10); equal maxima give a margin of 0 either way.
+    first = jnp.max(p, axis=-1)
+    at_first = jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=bool)
+    second = jnp.max(jnp.where(at_first, -jnp.inf, p), axis=-1)
+    return second - first
 
 
 def entropy(p):
@@ -147,7 +151,12 @@ def top_unlabelled(scores: np.ndarray, labelled: np.ndarray, budget: int) -> np.
     """The ``budget`` highest-scoring unlabelled items, best first; ties go to the
     lower id (a stable order, so the choice is deterministic)."""
     s = np.where(labelled, -np.inf, np.asarray(scores, np.float64))
-    order = np.argsort(-s, kind="stable")
+    if budget < len(s):  # the candidates: everything at least the budget-th best score
+        kth = -np.partition(-s, budget - 1)[budget - 1]
+        ids = np.flatnonzero(s >= kth)  # ascending, so the stable sort keeps ties by id
+    else:
+        ids = np.arange(len(s))
+    order = ids[np.argsort(-s[ids], kind="stable")]
     return order[:budget].astype(np.int64)
 
 

@@ -179,3 +179,20 @@ def test_kmeans_recovers_separated_clusters():
     _, assign = clustering.kmeans(jnp.asarray(x), jax.random.PRNGKey(0), k=4, iters=10)
     assign = np.asarray(assign).reshape(4, 50)
     assert all(len(set(row)) == 1 for row in assign) and len({row[0] for row in assign}) == 4
+
+
+@pytest.mark.parametrize("budget", [1, 5, 40, 99, 100])
+def test_top_unlabelled_equals_a_full_stable_sort_with_ties(budget):
+    rng = np.random.default_rng(budget)
+    scores = rng.integers(0, 6, 100).astype(np.float32)  # many ties
+    labelled = rng.random(100) < 0.3
+    budget = min(budget, int((~labelled).sum()))
+    got = acquisition.top_unlabelled(scores, labelled, budget)
+    s = np.where(labelled, -np.inf, scores.astype(np.float64))
+    np.testing.assert_array_equal(got, np.argsort(-s, kind="stable")[:budget])
+
+
+def test_margin_equals_the_top_two_gap_with_tied_maxima():
+    p = np.array([[0.4, 0.4, 0.2], [0.1, 0.6, 0.3], [0.5, 0.2, 0.3]], np.float32)
+    top2 = np.sort(p, axis=1)[:, ::-1][:, :2]
+    np.testing.assert_allclose(acquisition.margin(p), top2[:, 1] - top2[:, 0], atol=1e-7)
