@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES = (
     "random",
@@ -80,11 +82,21 @@ def curves(root, strategies, seeds) -> dict:
     return out
 
 
-def table(data) -> str:
+def walls(root, strategy, seeds) -> list[float]:
+    out = []
+    for seed in seeds:
+        path = os.path.join(root, f"{strategy}_s{seed}", "wall_s.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out.append(json.load(f)["wall_s"])
+    return out
+
+
+def table(data, root, seeds) -> str:
     counts = sorted({n for c in data.values() for n in c})
     lines = [
-        "| strategy | " + " | ".join(str(n) for n in counts) + " |",
-        "|---|" + "---|" * len(counts),
+        "| strategy | " + " | ".join(str(n) for n in counts) + " | wall (s), mean |",
+        "|---|" + "---|" * (len(counts) + 1),
     ]
     for strategy, c in data.items():
         cells = []
@@ -98,6 +110,8 @@ def table(data) -> str:
                 cells.append(
                     f"{100 * statistics.mean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}"
                 )
+        w = walls(root, strategy, seeds)
+        cells.append(f"{statistics.mean(w):.0f}" if w else "—")
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -111,8 +125,10 @@ def plot(data, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, c in data.items():
         counts = sorted(c)
-        means = [100 * statistics.mean(c[n]) for n in counts]
-        ax.plot(counts, means, marker="o", markersize=3, label=strategy)
+        means = np.array([100 * statistics.mean(c[n]) for n in counts])
+        stds = np.array([100 * statistics.stdev(c[n]) if len(c[n]) > 1 else 0.0 for n in counts])
+        (line,) = ax.plot(counts, means, marker="o", markersize=3, label=strategy)
+        ax.fill_between(counts, means - stds, means + stds, color=line.get_color(), alpha=0.12)
     ax.set_xscale("log")
     ax.set_xlabel("labels")
     ax.set_ylabel("test accuracy (%)")
@@ -138,7 +154,7 @@ def main(argv=None):
             for strategy in a.strategies:
                 run_one(a.root, a.encoder, strategy, seed, extra)
     data = curves(a.root, a.strategies, a.seeds)
-    print(table(data))
+    print(table(data, a.root, a.seeds))
     if a.plot:
         plot(data, a.plot)
 
