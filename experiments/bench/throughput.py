@@ -2,16 +2,19 @@
 
   ./launch.sh bench                              # default model and ResNet-18, batch 256
   ./launch.sh bench --models cnn --repeats 7     # one model, more repeats
+  ./launch.sh bench --models --objectives simclr dino mae   # objectives' mnist steps
 
 For each model the jitted pretrain step (augmentation included, two views) is
 compiled twice in this one process: with XLA's default CPU convolutions and
 with the Eigen path that ``config.xla_fast_cpu_conv`` selects
 (``xla_cpu_experimental_ynn_fusion_type=""``). The two executables are timed
 alternately (A B A B ...) after a warm-up, and the table reports medians and
-their ratio, so machine noise hits both sides alike.
+their ratio, so machine noise hits both sides alike. ``--objectives`` times the
+pretraining step of each objective's ``mnist`` config the same way, in turn.
 """
 
 import argparse
+import importlib
 import os
 import platform
 import statistics
@@ -22,24 +25,59 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import simclr  # noqa: E402
+from experiments.bench import data, jax_side  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
-from ssl_jax.stages.pretrain import make_step  # noqa: E402
 
 MODELS = {  # name → (config variant, image shape, model overrides)
     "cnn": ("mnist", (28, 28, 1), {}),
     "resnet18": ("cifar10", (32, 32, 3), {}),
 }
-CONV_PATHS = {"default": None, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+CONV_PATHS = {"default": None, "eigen": jax_side.EIGEN_CONV}
+# Every objective with an mnist config (colorization needs colour images).
+OBJECTIVES = (
+    "simclr",
+    "dino",
+    "mae",
+    "supcon",
+    "semisup",
+    "supervised",
+    "autoencoder",
+    "gan",
+    "rbm",
+    "rotation",
+    "patch_position",
+)
 
 
 def timed(fn, steps: int) -> float:
     t = time.perf_counter()
     fn(steps)
     return time.perf_counter() - t
+
+
+def alternate(jobs: dict, steps: int, repeats: int) -> dict:
+    """{name: [seconds per step, one per repeat]}, the jobs timed in turn."""
+    times = {k: [] for k in jobs}
+    for _ in range(repeats):
+        for k, fn in jobs.items():
+            times[k].append(timed(fn, steps) / steps)
+    return times
+
+
+def summary(model: str, job: str, ts: list, batch: int) -> dict:
+    med = statistics.median(ts)
+    return {
+        "model": model,
+        "job": job,
+        "ms": 1e3 * med,
+        "images_s": batch / med,
+        "spread": (max(ts) - min(ts)) / med,
+    }
 
 
 def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> list[dict]:
@@ -49,63 +87,53 @@ def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> l
     if toy and name == "resnet18":  # only checks that the script runs
         with config.unlocked():
             config.model.kw.width = 0.125
-    mesh = parallel.make_mesh()
-    model = PretrainModel(config, mesh, shape)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
-    x = parallel.put_global_batch({"image": images}, mesh)
-    step = make_step(model)
-    state = model.init_state(0)
-    compiled = {k: step.lower(state, x).compile(compiler_options=v) for k, v in CONV_PATHS.items()}
+    jobs = {f"step/{k}": jax_side.pretrain_step(config, shape, v)[0] for k, v in CONV_PATHS.items()}
+    model = PretrainModel(config, parallel.make_mesh(), shape)
     views = jax.jit(model.views_fn)
     key = jax.random.PRNGKey(0)
-
-    holder = {"state": state}
-
-    def run_step(exe):
-        def go(n):
-            s = holder["state"]
-            for _ in range(n):
-                s, m = exe(s, x)
-            jax.block_until_ready(m["loss"])
-            holder["state"] = s
-
-        return go
+    images = jnp.asarray(data.images(batch, shape[0], shape[2]))
 
     def run_pp(n):
         for i in range(n):
-            out = views(jax.random.fold_in(key, i), x["image"])
+            out = views(jax.random.fold_in(key, i), images)
         jax.block_until_ready(out)
 
-    jobs = {f"step/{k}": run_step(v) for k, v in compiled.items()}
+    run_pp(1)
     jobs["augment"] = run_pp
-    for fn in jobs.values():  # warm-up
-        fn(1)
-    times = {k: [] for k in jobs}
-    for _ in range(repeats):
-        for k, fn in jobs.items():
-            times[k].append(timed(fn, steps) / steps)
-    rows = []
-    for k, ts in times.items():
-        med = statistics.median(ts)
-        rows.append(
-            {
-                "model": name,
-                "job": k,
-                "ms": 1e3 * med,
-                "images_s": batch / med,
-                "spread": (max(ts) - min(ts)) / med,
-            }
-        )
+    rows = [summary(name, k, ts, batch) for k, ts in alternate(jobs, steps, repeats).items()]
     base = next(r for r in rows if r["job"] == "step/default")["ms"]
     for r in rows:
         r["ratio"] = base / r["ms"] if r["job"].startswith("step/") else float("nan")
     return rows
 
 
+def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> list[dict]:
+    """The pretraining step of each objective's ``mnist`` config (Eigen conv
+    path, as config.xla_fast_cpu_conv runs it), timed in turn."""
+    jobs = {}
+    for name in names:
+        config = importlib.import_module(f"configs.{name}").get_config("mnist")
+        with config.unlocked():
+            config.pretrain.batch_size = batch
+            if toy and config.model.name.startswith("vit"):
+                config.model.kw.depth = 1
+        jobs[name] = jax_side.pretrain_step(config, (28, 28, 1), jax_side.EIGEN_CONV)[0]
+    rows = []
+    for k, ts in alternate(jobs, steps, repeats).items():
+        rows.append({**summary(k, "step/eigen", ts, batch), "ratio": float("nan")})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    p.add_argument(
+        "--objectives",
+        nargs="*",
+        default=[],
+        choices=OBJECTIVES,
+        help="also time these objectives' mnist pretraining steps",
+    )
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
@@ -117,6 +145,8 @@ def main(argv=None):
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     rows = [r for m in a.models for r in bench_model(m, a.batch, a.steps, a.repeats, a.toy)]
+    if a.objectives:
+        rows += bench_objectives(a.objectives, a.batch, a.steps, a.repeats, a.toy)
     print(
         f"\nbatch {a.batch} (two views per image), median of {a.repeats} repeats "
         f"x {a.steps} steps\n"
