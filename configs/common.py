@@ -62,7 +62,10 @@ def base_config() -> mlc.ConfigDict:
     # strong augmentation (self-training's training view); "" = the eval recipe.
     c.pp.weak = ""
     c.pp.strong = ""
-    c.pp.chunk_size = 64
+    # Examples per vmapped chunk of the training pipelines (lax.map over chunks).
+    # -1: auto = one example at a time (random ops branch for real) for colour
+    # images on CPU, chunks of 64 otherwise; 0: one vmap (ssl_jax/pp/builder.py).
+    c.pp.chunk_size = -1
 
     c.pretrain = mlc.ConfigDict()
     c.pretrain.steps = 1000

@@ -296,6 +296,15 @@ def test_chunked_equals_unchunked():
     np.testing.assert_allclose(_run(LIGHT, x[:6], chunk_size=4), light[:6], atol=1e-5)
 
 
+def test_one_example_at_a_time_equals_vmap():
+    # chunk_size=1: no vmap, so probabilities and colour jitter's random order
+    # are real branches; the draws, hence the images, must not change.
+    x = _images()
+    np.testing.assert_allclose(
+        _run(SIMCLR, x, chunk_size=1), _run(SIMCLR, x, chunk_size=None), atol=1e-5, rtol=0
+    )
+
+
 def test_uint8_and_float_inputs_agree():
     x = _images()
     np.testing.assert_allclose(_run(LIGHT, x), _run(LIGHT, x / np.float32(255)), atol=1e-5)
@@ -330,3 +339,15 @@ def test_build_views():
     # Keys follow sorted names, so dict order does not matter.
     swapped = jax.jit(build_views(dict(reversed(views.items()))))(jax.random.key(0), x)
     np.testing.assert_allclose(swapped["view1"], out["view1"], atol=1e-5)
+
+
+def test_auto_chunk_size_is_one_example_at_a_time_only_for_colour_on_cpu(monkeypatch):
+    from ssl_jax.pp import chunk_size_for
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert chunk_size_for(-1, 3) == 1 and chunk_size_for(-1, 1) == 64
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert chunk_size_for(-1, 3) == 64
+    assert chunk_size_for(0, 3) is None and chunk_size_for(16, 3) == 16
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_size_for(-2, 3)

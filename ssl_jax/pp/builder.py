@@ -123,7 +123,13 @@ def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
     ``B`` is a multiple of ``chunk_size`` larger than it, the batch is
     processed in chunks with ``lax.map``, which keeps intermediates small
     (measured 1.4x faster than one vmap at 224x224) and gives the same
-    result as the unchunked path.
+    result as the unchunked path. ``chunk_size=1`` runs the examples one by
+    one without vmap: random choices (an op's probability, colour jitter's
+    order) are then real branches, and only the chosen one is computed; on a
+    2-core CPU that was 4.4x faster than chunks of 16 for SimCLR's 224x224
+    view and 1.7x for the CIFAR view, but 2.2x slower for 28x28 grayscale
+    MNIST views, whose ops are too small to amortise a loop iteration
+    (experiments/bench/RESULTS.md).
     """
     fns = []
     for name, args, kwargs in parse(spec):
@@ -141,6 +147,8 @@ def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
         x = _to_float(images)
         b = x.shape[0]
         keys = jax.random.split(key, b)
+        if chunk_size == 1:
+            return jax.lax.map(lambda kx: one(*kx), (keys, x))
         if chunk_size and b > chunk_size and b % chunk_size == 0:
             n = b // chunk_size
             xs = x.reshape(n, chunk_size, *x.shape[1:])
@@ -150,6 +158,18 @@ def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
         return jax.vmap(one)(keys, x)
 
     return apply
+
+
+def chunk_size_for(setting: int, channels: int) -> int | None:
+    """The ``chunk_size`` that ``config.pp.chunk_size`` asks for: -1 (auto) is 1
+    (one example at a time) for colour images on the CPU backend, where it
+    measured faster, and chunks of 64 elsewhere (on GPU/TPU many small
+    per-example kernels would serialise); 0 is one vmap over the whole batch."""
+    if setting == -1:
+        return 1 if jax.default_backend() == "cpu" and channels > 1 else 64
+    if setting < -1:
+        raise ValueError(f"pp.chunk_size must be -1 (auto), 0 (no chunks) or > 0, got {setting}")
+    return setting or None
 
 
 def build_views(views: dict[str, str], *, chunk_size: int | None = 64) -> Callable:

@@ -65,8 +65,9 @@ def _maybe(p: float, fn: ExampleFn) -> ExampleFn:
         k_gate, k_op = jax.random.split(key)
         if p == 1.0:
             return fn(k_op, x)
-        # Under vmap a lax.cond turns into a select anyway; where is simpler.
-        return jnp.where(jax.random.uniform(k_gate) < p, fn(k_op, x), x)
+        # A real branch when examples run one by one (build(chunk_size=1)): the
+        # op costs nothing when it does not fire. Under vmap it becomes a select.
+        return jax.lax.cond(jax.random.uniform(k_gate) < p, lambda x: fn(k_op, x), lambda x: x, x)
 
     return wrapped
 
@@ -229,7 +230,8 @@ def color_jitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8, r
     so ``color_jitter(0, 0, 0, 0)`` is exactly the identity. With
     ``random_order`` (SimCLR's choice) the order is a random permutation per
     example; under vmap every slot then evaluates each active part, which
-    costs up to 4x the arithmetic of a fixed order.
+    costs up to 4x the arithmetic of a fixed order (one example at a time,
+    ``build(chunk_size=1)``, evaluates only the chosen part).
     """
     if not 0.0 <= hue <= 0.5:
         raise ValueError(f"color_jitter: hue must be in [0, 0.5], got {hue}")

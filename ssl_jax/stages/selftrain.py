@@ -210,7 +210,7 @@ def run(config, workdir: str, mesh) -> dict:
         labelled_per_batch=sc.labelled_batch,
         balanced=sc.balanced,
     )
-    chunk = config.pp.chunk_size or None
+    chunk = pp_lib.chunk_size_for(config.pp.chunk_size, shape[-1])
     weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk)
     strong = pp_lib.build(config.pp.strong or config.pp.weak or config.pp.eval, chunk_size=chunk)
     predictor = transfer.Predictor(
