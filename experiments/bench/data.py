@@ -4,6 +4,28 @@ same arrays from the same seed."""
 
 import numpy as np
 
+# Job name (experiments/bench/peers.py) → the function that sets it up, the
+# same name in jax_side.py and torch_side.py.
+JOB_FUNCTIONS = {
+    "matmul": "matmul",
+    "simclr_step": "simclr_step",
+    "mae_step": "mae_step",
+    "augment32": "augment",
+    "augment224": "augment",
+    "linear_probe": "linear_probe_job",
+    "knn": "knn_job",
+    "entropy": "acquisition_job",
+    "margin": "acquisition_job",
+    "coreset": "acquisition_job",
+    "badge": "acquisition_job",
+    "typiclust": "acquisition_job",
+}
+
+
+def jobs(module) -> dict:
+    """{job: setup function} of one side's module."""
+    return {job: getattr(module, fn) for job, fn in JOB_FUNCTIONS.items()}
+
 
 def images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     """[n, size, size, channels] uint8: smooth random blobs rather than white

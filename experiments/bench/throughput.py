@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from configs import simclr  # noqa: E402
 from experiments.bench import data, jax_side  # noqa: E402
+from experiments.ssl_mnist import OBJECTIVES  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 
@@ -38,20 +39,6 @@ MODELS = {  # name → (config variant, image shape, model overrides)
     "resnet18": ("cifar10", (32, 32, 3), {}),
 }
 CONV_PATHS = {"default": None, "eigen": jax_side.EIGEN_CONV}
-# Every objective with an mnist config (colorization needs colour images).
-OBJECTIVES = (
-    "simclr",
-    "dino",
-    "mae",
-    "supcon",
-    "semisup",
-    "supervised",
-    "autoencoder",
-    "gan",
-    "rbm",
-    "rotation",
-    "patch_position",
-)
 
 
 def timed(fn, steps: int) -> float:

@@ -301,17 +301,4 @@ def matmul(params, peer_info=None):
     return {"torch": go}, {"flops_per_item": 2.0 * n**3}
 
 
-JOBS = {
-    "matmul": matmul,
-    "simclr_step": simclr_step,
-    "mae_step": mae_step,
-    "augment32": augment,
-    "augment224": augment,
-    "linear_probe": linear_probe_job,
-    "knn": knn_job,
-    "entropy": acquisition_job,
-    "margin": acquisition_job,
-    "coreset": acquisition_job,
-    "badge": acquisition_job,
-    "typiclust": acquisition_job,
-}
+JOBS = data.jobs(sys.modules[__name__])
