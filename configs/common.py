@@ -130,7 +130,15 @@ def base_config() -> mlc.ConfigDict:
     c.selftrain.uncertainty_weighting = False  # weight items by exp(-H(p_T))
     c.selftrain.uncertainty_temperature = 2.0  # T > 1 softens p before its entropy
     c.selftrain.optimizer = optimizer(
-        name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_steps=0
+        name="sgd",
+        lr=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        warmup_steps=0,
+        # With BatchNorm in inference mode nothing renormalises the activations:
+        # one seed's run diverged at step 112 without clipping (few_labels_mnist.md).
+        grad_clip=1.0,
     )
     c.selftrain.eval_every = 100
     c.selftrain.eval_val_items = 0

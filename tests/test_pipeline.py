@@ -170,6 +170,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(
     )
     assert proc.returncode == 1
     assert "error: non-finite loss at step" in proc.stderr and "Traceback" not in proc.stderr
+    assert "The last good checkpoint (step " in proc.stderr  # ckpt_every=1: one was written
     assert not os.path.exists(os.path.join(workdir, "pretrain", "done.json"))
     leaves = jax.tree.leaves(params_of(workdir))
     assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)

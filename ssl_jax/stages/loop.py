@@ -75,9 +75,14 @@ def run(
                 pending = []
                 if not all(m["finite"] for m in fetched):
                     bad = step - len(fetched) + [bool(m["finite"]) for m in fetched].index(False)
+                    latest = ckpt.latest_step()
+                    kept = (
+                        f"The last good checkpoint (step {latest}) is kept in {ckpt.directory}."
+                        if latest is not None
+                        else "No checkpoint had been written yet."
+                    )
                     raise NonFiniteLoss(
-                        f"non-finite loss at step {bad + 1} of {name}; stopped. The last good "
-                        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}."
+                        f"non-finite loss at step {bad + 1} of {name}; stopped. {kept}"
                         + (f" {hint}" if hint else "")
                     )
                 last = {

@@ -245,7 +245,7 @@ def run(config, workdir: str, mesh) -> dict:
             images_per_step=loader.batch_size,
             eval_every=sc.eval_every,
             evaluate=evaluate,
-            hint="Lower selftrain.optimizer.lr.",
+            hint="Lower selftrain.optimizer.lr or selftrain.optimizer.grad_clip.",
         )
         ms = {k: v for k, v in state.model_state.items() if k != SNAPSHOT}
         params, model_state, meta = best.restore(state.replace(model_state=ms))
