@@ -38,7 +38,7 @@ def _train_variants(make_model, make_loss, make_opt, inputs_fn, params):
             loss = make_loss(fwd, inputs)
             loss.backward()
             opt.step()
-            return float(loss)
+            return loss.item()
 
         step()  # warm-up (and compilation)
 
