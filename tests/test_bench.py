@@ -20,10 +20,10 @@ def test_throughput_script_runs_at_toy_size(capsys):
 @pytest.mark.slow
 def test_throughput_times_objectives_steps_at_toy_size():
     rows = throughput.main(
-        ["--models", "--objectives", "gan", "rbm", "mae", "--batch", "8", "--steps", "1"]
+        ["--models", "--objectives", "gan", "rbm", "mae", "semisup", "--batch", "8", "--steps", "1"]
         + ["--repeats", "1", "--toy"]
     )
-    assert [r["model"] for r in rows] == ["gan", "rbm", "mae"]
+    assert [r["model"] for r in rows] == ["gan", "rbm", "mae", "semisup"]
     assert all(r["job"] == "step/eigen" and r["images_s"] > 0 for r in rows)
 
 

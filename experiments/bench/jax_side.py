@@ -38,14 +38,20 @@ def cost_flops(compiled) -> float:
 
 
 def pretrain_step(config, image_shape, compiler_options=None, seed=0):
-    """The jitted pretraining step of ``config`` on one fixed random batch.
+    """The jitted pretraining step of ``config`` on one fixed random batch
+    (10 classes; ``pretrain.labelled_per_batch`` rows carry labels).
 
     Returns (run, flops): ``run(n)`` does n steps and waits for them; flops is
     XLA's count for one step."""
     mesh = parallel.make_mesh()
-    model = PretrainModel(config, mesh, image_shape)
-    batch = data.images(config.pretrain.batch_size, image_shape[0], image_shape[2], seed)
-    x = parallel.put_global_batch({"image": batch}, mesh)
+    model = PretrainModel(config, mesh, image_shape, num_classes=10)
+    n = config.pretrain.batch_size
+    batch = data.images(n, image_shape[0], image_shape[2], seed)
+    # Labelled rows as the loader mixes them in (objectives that use labels).
+    labels = np.full(n, -1, np.int32)
+    k = min(config.pretrain.labelled_per_batch, n)
+    labels[:k] = np.arange(k) % 10
+    x = parallel.put_global_batch({"image": batch, "label": labels}, mesh)
     state = model.init_state(seed)
     exe = make_step(model).lower(state, x).compile(compiler_options=compiler_options)
     holder = {"state": state}

@@ -101,7 +101,9 @@ def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> 
     for name in names:
         config = importlib.import_module(f"configs.{name}").get_config("mnist")
         with config.unlocked():
-            config.pretrain.batch_size = batch
+            pc = config.pretrain  # the labelled share of a batch stays the config's
+            pc.labelled_per_batch = pc.labelled_per_batch * batch // pc.batch_size
+            pc.batch_size = batch
             if toy and config.model.name.startswith("vit"):
                 config.model.kw.depth = 1
         jobs[name] = jax_side.pretrain_step(config, (28, 28, 1), jax_side.EIGEN_CONV)[0]
