@@ -274,3 +274,15 @@ def test_cnn_dense_variant_keeps_layout_and_sets_feature_dim():
     assert model.apply(variables, x).shape == (2, 64)
     # flatten of the 7×7×128 map into 64 units: the layout is in the weights
     assert variables["params"]["dense"]["kernel"].shape == (7 * 7 * 128, 64)
+
+
+def test_depth_to_space_puts_channel_block_ij_at_offset_ij():
+    from ssl_jax.models.decoder import depth_to_space
+
+    # One pixel, r = 2, C = 1: channels (0, 1, 2, 3) = blocks (0,0), (0,1), (1,0), (1,1).
+    x = jnp.arange(4.0).reshape(1, 1, 1, 4)
+    np.testing.assert_array_equal(depth_to_space(x, 2)[0, :, :, 0], [[0.0, 1.0], [2.0, 3.0]])
+    y = jnp.arange(2 * 3 * 5 * 8.0).reshape(2, 3, 5, 8)  # C = 2 after the shuffle
+    out = depth_to_space(y, 2)
+    assert out.shape == (2, 6, 10, 2)
+    np.testing.assert_array_equal(out[1, 2 * 2 + 1, 2 * 4 + 0], y[1, 2, 4].reshape(2, 2, 2)[1, 0])
