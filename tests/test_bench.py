@@ -11,7 +11,13 @@ from experiments.bench import throughput
 def test_throughput_script_runs_at_toy_size(capsys):
     rows = throughput.main(["--batch", "16", "--steps", "1", "--repeats", "1", "--toy"])
     jobs = {r["job"] for r in rows}
-    assert jobs == {"step/default", "step/eigen", "augment"}
+    assert jobs == {
+        "step/default",
+        "step/eigen",
+        "augment",
+        "augment/chunks of 64",
+        "augment/one at a time",
+    }
     assert {r["model"] for r in rows} == {"cnn", "resnet18"}
     assert all(r["images_s"] > 0 and math.isfinite(r["ms"]) for r in rows)
     assert "| cnn | step/eigen |" in capsys.readouterr().out

@@ -75,18 +75,21 @@ def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> l
         with config.unlocked():
             config.model.kw.width = 0.125
     jobs = {f"step/{k}": jax_side.pretrain_step(config, shape, v)[0] for k, v in CONV_PATHS.items()}
-    model = PretrainModel(config, parallel.make_mesh(), shape)
-    views = jax.jit(model.views_fn)
     key = jax.random.PRNGKey(0)
     images = jnp.asarray(data.images(batch, shape[0], shape[2]))
+    # The config's pipeline (pp.chunk_size=-1, auto) and its two explicit settings.
+    for job, chunk in (("augment", -1), ("augment/chunks of 64", 64), ("augment/one at a time", 1)):
+        with config.unlocked():
+            config.pp.chunk_size = chunk
+        views = jax.jit(PretrainModel(config, parallel.make_mesh(), shape).views_fn)
 
-    def run_pp(n):
-        for i in range(n):
-            out = views(jax.random.fold_in(key, i), images)
-        jax.block_until_ready(out)
+        def run_pp(n, views=views):
+            for i in range(n):
+                out = views(jax.random.fold_in(key, i), images)
+            jax.block_until_ready(out)
 
-    run_pp(1)
-    jobs["augment"] = run_pp
+        run_pp(1)
+        jobs[job] = run_pp
     rows = [summary(name, k, ts, batch) for k, ts in alternate(jobs, steps, repeats).items()]
     base = next(r for r in rows if r["job"] == "step/default")["ms"]
     for r in rows:
