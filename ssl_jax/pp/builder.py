@@ -126,10 +126,10 @@ def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
     result as the unchunked path. ``chunk_size=1`` runs the examples one by
     one without vmap: random choices (an op's probability, colour jitter's
     order) are then real branches, and only the chosen one is computed; on a
-    2-core CPU that was 4.4x faster than chunks of 16 for SimCLR's 224x224
-    view and 1.7x for the CIFAR view, but 2.2x slower for 28x28 grayscale
-    MNIST views, whose ops are too small to amortise a loop iteration
-    (experiments/bench/RESULTS.md).
+    2-core CPU that was 4.8x faster than chunks of 64 for SimCLR's 224x224
+    views and 1.75x for the CIFAR ones (experiments/bench/RESULTS.md), but
+    slower for 28x28 grayscale MNIST views, whose ops are too small to
+    amortise a loop iteration (experiments/bench/README.md).
     """
     fns = []
     for name, args, kwargs in parse(spec):
