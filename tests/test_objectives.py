@@ -71,3 +71,14 @@ def test_one_and_eight_devices_agree(objective):
         strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
+
+
+def test_one_and_eight_devices_agree_with_chunked_augmentation():
+    # Chunks of 4 rows: on 8 devices each device loops over its own 8 rows
+    # (pp.build's shard_map path); the step must not change.
+    kw = {**SGD, "pp.chunk_size": 4}
+    l1, s1, _ = run_steps("simclr", 1, steps=2, **kw)
+    l8, s8, _ = run_steps("simclr", 8, steps=2, **kw)
+    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

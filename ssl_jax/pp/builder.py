@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from ssl_jax.pp.ops import OPS
 
@@ -114,7 +115,7 @@ def _to_float(images) -> jax.Array:
     raise ValueError(f"images must be uint8 or floating, got {images.dtype}")
 
 
-def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
+def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
     """Returns a pure ``fn(key, images) -> float32 images`` applying ``spec``.
 
     Example ``b`` uses key ``split(key, B)[b]``, and op ``i`` of the chain
@@ -130,6 +131,12 @@ def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
     views and 1.75x for the CIFAR ones (experiments/bench/RESULTS.md), but
     slower for 28x28 grayscale MNIST views, whose ops are too small to
     amortise a loop iteration (experiments/bench/README.md).
+
+    ``mesh``: the device mesh the batch is sharded on (its ``data`` axis).
+    With more than one device the chunked paths run under ``shard_map``, so
+    each device loops over its own rows; a ``lax.map`` over a sharded batch
+    axis would otherwise gather the whole batch onto every device and repeat
+    the work there. Results are the same as on one device.
     """
     fns = []
     for name, args, kwargs in parse(spec):
@@ -143,10 +150,8 @@ def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
             image = fn(jax.random.fold_in(key, i), image)
         return image
 
-    def apply(key, images):
-        x = _to_float(images)
+    def rows(keys, x):  # [b, ...] keys and images, all on one device or this device's rows
         b = x.shape[0]
-        keys = jax.random.split(key, b)
         if chunk_size == 1:
             return jax.lax.map(lambda kx: one(*kx), (keys, x))
         if chunk_size and b > chunk_size and b % chunk_size == 0:
@@ -156,6 +161,20 @@ def build(spec: str, *, chunk_size: int | None = 64) -> BatchFn:
             out = jax.lax.map(lambda kx: jax.vmap(one)(*kx), (ks, xs))
             return out.reshape(b, *out.shape[2:])
         return jax.vmap(one)(keys, x)
+
+    sharded = mesh is not None and mesh.devices.size > 1 and chunk_size
+    if sharded:
+        spec = P(mesh.axis_names[0])
+        rows = jax.shard_map(rows, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+
+    def apply(key, images):
+        x = _to_float(images)
+        keys = jax.random.split(key, x.shape[0])
+        if sharded and x.shape[0] % mesh.devices.size:
+            raise ValueError(
+                f"batch of {x.shape[0]} images is not divisible by the {mesh.devices.size} devices"
+            )
+        return rows(keys, x)
 
     return apply
 
@@ -172,7 +191,7 @@ def chunk_size_for(setting: int, channels: int) -> int | None:
     return setting or None
 
 
-def build_views(views: dict[str, str], *, chunk_size: int | None = 64) -> Callable:
+def build_views(views: dict[str, str], *, chunk_size: int | None = 64, mesh=None) -> Callable:
     """Returns ``fn(key, images) -> {name: images}``, one pipeline per view.
 
     View ``name`` gets ``fold_in(key, i)`` with ``i`` its position among the
@@ -180,7 +199,7 @@ def build_views(views: dict[str, str], *, chunk_size: int | None = 64) -> Callab
     (which config round-trips may not preserve). Distinct views thus differ
     even when their specs are identical, as a two-view SimCLR recipe needs.
     """
-    fns = {name: build(spec, chunk_size=chunk_size) for name, spec in views.items()}
+    fns = {name: build(spec, chunk_size=chunk_size, mesh=mesh) for name, spec in views.items()}
     index = {name: i for i, name in enumerate(sorted(views))}
 
     def apply(key, images):

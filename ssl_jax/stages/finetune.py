@@ -117,7 +117,7 @@ def run(config, workdir: str, mesh) -> dict:
         raise ValueError(f"unknown finetune.init {fc.init!r}: pretrain or scratch")
     labels = store.label_array()
     chunk = pp_lib.chunk_size_for(config.pp.chunk_size, shape[-1])
-    weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk)
+    weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh)
     predictor = transfer.Predictor(
         model, pp_lib.build(config.pp.eval, chunk_size=None), mesh, config.eval.batch_size
     )

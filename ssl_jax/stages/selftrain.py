@@ -211,8 +211,10 @@ def run(config, workdir: str, mesh) -> dict:
         balanced=sc.balanced,
     )
     chunk = pp_lib.chunk_size_for(config.pp.chunk_size, shape[-1])
-    weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk)
-    strong = pp_lib.build(config.pp.strong or config.pp.weak or config.pp.eval, chunk_size=chunk)
+    weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh)
+    strong = pp_lib.build(
+        config.pp.strong or config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh
+    )
     predictor = transfer.Predictor(
         model, pp_lib.build(config.pp.eval, chunk_size=None), mesh, config.eval.batch_size
     )
