@@ -9,6 +9,9 @@ Each (objective, seed) is ``python -m ssl_jax --config configs/<objective>.py:mn
 with ``--config.seed=S --config.labels.seed=S`` (network, augmentation and which
 100 images carry labels all change with the seed; the val carve-out stays
 fixed), in ``runs/ssl_mnist/<objective>_s<S>``; a finished run is not repeated.
+Its results (probe accuracies, wall times, commit) are also kept as a small
+record in ``experiments/ssl_mnist_runs/<objective>_s<S>.json``, which is
+committed, so the table can be rebuilt without the run directories.
 Every config's pretraining budget is the same: ``pretrain.steps`` × batch 256
 source images (set here with ``--steps``). The table (mean ± std over seeds)
 is printed and written to ``--out``.
@@ -68,13 +71,30 @@ def run_one(root, objective, seed, steps, extra):
         *extra,
     ]
     print("$", " ".join(cmd), flush=True)
+    commit = git_commit()
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     with open(os.path.join(wd, "wall_s.json"), "w") as f:
-        json.dump({"wall_s": time.perf_counter() - t0, "command": cmd[1:]}, f)
+        json.dump({"wall_s": time.perf_counter() - t0, "command": cmd[1:], "commit": commit}, f)
 
 
-def load(root, objective, seed):
+def git_commit() -> str:
+    """Short hash of HEAD, with "+" when tracked files have uncommitted changes."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("+" if git("status", "--porcelain", "--untracked-files=no").strip() else "")
+
+
+def load(root, records, objective, seed):
+    """The record of one finished run: from ``records`` if kept there, else
+    from its run directory (and then kept in ``records``); None if not run."""
+    path = os.path.join(records, f"{objective}_s{seed}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
     wd = workdir(root, objective, seed)
     try:
         with open(os.path.join(wd, "probe", "results.json")) as f:
@@ -82,10 +102,27 @@ def load(root, objective, seed):
         with open(os.path.join(wd, "pretrain", "results.json")) as f:
             pretrain = json.load(f)
         with open(os.path.join(wd, "wall_s.json")) as f:
-            wall = json.load(f)["wall_s"]
+            wall = json.load(f)
     except FileNotFoundError:
         return None
-    return {**probe, "wall_s": wall, "pretrain_s": pretrain["wall_s"]}
+    record = {
+        "objective": objective,
+        "seed": seed,
+        **{key: probe[key] for key, _ in METRICS},
+        "wall_s": wall["wall_s"],
+        "pretrain_s": pretrain["wall_s"],
+        "commit": wall.get("commit", "unknown"),
+        "command": wall["command"],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d", time.localtime(os.path.getmtime(wd))),
+    }
+    os.makedirs(records, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return record
 
 
 def fmt(values, scale=100.0, digits=2):
@@ -97,16 +134,22 @@ def fmt(values, scale=100.0, digits=2):
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def table(root, objectives, seeds):
+def table(root, records, objectives, seeds):
     lines = [
-        "| objective | " + " | ".join(name for _, name in METRICS) + " | wall (min) | seeds |",
-        "|---|" + "---|" * (len(METRICS) + 2),
+        "| objective | "
+        + " | ".join(name for _, name in METRICS)
+        + " | wall (min) | seeds | commit |",
+        "|---|" + "---|" * (len(METRICS) + 3),
     ]
     for obj in objectives:
-        runs = [r for s in seeds if (r := load(root, obj, s)) is not None]
+        runs = [r for s in seeds if (r := load(root, records, obj, s)) is not None]
+        if not runs:
+            continue
         cells = [fmt([r[key] for r in runs]) for key, _ in METRICS]
         wall = fmt([r["wall_s"] for r in runs], scale=1 / 60, digits=1)
-        lines.append(f"| {obj} | " + " | ".join(cells) + f" | {wall} | {len(runs)} |")
+        commits = ", ".join(sorted({f"`{r['commit']}`" for r in runs}))
+        seeds_run = " ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {obj} | " + " | ".join(cells) + f" | {wall} | {seeds_run} | {commits} |")
     return "\n".join(lines)
 
 
@@ -116,6 +159,7 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--root", default=os.path.join(REPO, "runs", "ssl_mnist"))
+    p.add_argument("--records", default=os.path.join(REPO, "experiments", "ssl_mnist_runs"))
     p.add_argument("--out", default="", help="also write the table to this file")
     p.add_argument("--table-only", action="store_true")
     # Any other argument (--config.x=y) is passed on to every run.
@@ -125,7 +169,8 @@ def main(argv=None):
         for seed in a.seeds:
             for obj in a.objectives:
                 run_one(a.root, obj, seed, a.steps, a.extra)
-    text = table(a.root, a.objectives, a.seeds)
+                load(a.root, a.records, obj, seed)  # keep its record as soon as it is done
+    text = table(a.root, a.records, a.objectives, a.seeds)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n\n{text}")
     if a.out:
         with open(a.out, "w") as f:

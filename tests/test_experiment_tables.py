@@ -1,0 +1,34 @@
+"""The experiment scripts' bookkeeping: records kept per run, tables from them."""
+
+import json
+import os
+
+from experiments import ssl_mnist
+
+
+def _fake_run(root, objective, seed, acc):
+    wd = ssl_mnist.workdir(root, objective, seed)
+    os.makedirs(os.path.join(wd, "probe"))
+    os.makedirs(os.path.join(wd, "pretrain"))
+    probe = {key: acc for key, _ in ssl_mnist.METRICS}
+    with open(os.path.join(wd, "probe", "results.json"), "w") as f:
+        json.dump(probe, f)
+    with open(os.path.join(wd, "pretrain", "results.json"), "w") as f:
+        json.dump({"wall_s": 50.0}, f)
+    with open(os.path.join(wd, "wall_s.json"), "w") as f:
+        json.dump({"wall_s": 60.0 * (seed + 1), "command": ["x"], "commit": "abc1234"}, f)
+
+
+def test_ssl_mnist_table_is_kept_in_records(tmp_path):
+    root, records = str(tmp_path / "runs"), str(tmp_path / "records")
+    _fake_run(root, "rbm", 0, 0.90)
+    _fake_run(root, "rbm", 1, 0.92)
+    text = ssl_mnist.table(root, records, ["rbm", "gan"], [0, 1])
+    assert "| rbm | 91.00 ± 1.41 |" in text
+    assert "| 1.5 ± 0.7 | 0 1 | `abc1234` |" in text
+    assert "gan" not in text  # never run: no row
+    saved = json.load(open(os.path.join(records, "rbm_s1.json")))
+    assert saved["seed"] == 1 and saved["all/linear_test_acc"] == 0.92
+    # The run directories can go: the table is rebuilt from the records alone.
+    os.rename(root, root + ".gone")
+    assert ssl_mnist.table(root, records, ["rbm"], [0, 1]) == text
