@@ -84,7 +84,10 @@ def base_config() -> mlc.ConfigDict:
     c.eval = mlc.ConfigDict()
     c.eval.batch_size = 1024
     c.eval.knn = mlc.ConfigDict(dict(k=20, temperature=0.07))
-    c.eval.linear = mlc.ConfigDict(dict(steps=500, lr=0.01, l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1)))
+    # method adam: `steps` full-batch steps at `lr`; lbfgs: at most `steps` iterations.
+    c.eval.linear = mlc.ConfigDict(
+        dict(method="adam", steps=500, lr=0.01, l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1))
+    )
 
     # Fine-tuning: phase "head" trains a new linear head on the frozen backbone,
     # phase "body" the top `unfreeze` layers (-1: all) and the head, at a lower

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from ssl_jax.evaluators import get_evaluator
 from ssl_jax.evaluators.knn import knn_predict
@@ -43,3 +44,47 @@ def test_linear_probe_learns_and_selects_l2_on_val():
     out = get_evaluator("linear_probe", l2_grid=(1e-4, 1e3), steps=200).run(feats)
     assert out["linear_test_acc"] > 0.9
     assert out["linear_l2"] == 1e-4  # an absurd L2 (all-zero weights) must lose on val
+
+
+def test_linear_probe_lbfgs_reaches_scikit_learns_optimum():
+    # The same objective as scikit-learn's multinomial LogisticRegression
+    # (unpenalised intercept): mean cross-entropy + l2/2 |w|^2 is its
+    # |w|^2/2 + C * sum of losses with C = 1 / (l2 * n).
+    import jax.numpy as jnp
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from ssl_jax.evaluators import linear_probe
+
+    x, y = load_digits(return_X_y=True)
+    x = ((x - x.mean(0)) / (x.std(0) + 1e-6)).astype(np.float32)
+    l2 = 1e-2
+    ref = LogisticRegression(C=1 / (l2 * len(x)), tol=1e-8, max_iter=5000).fit(x, y)
+    w, b = linear_probe.fit(
+        jnp.asarray(x),
+        jnp.asarray(y),
+        jnp.asarray([l2, 10 * l2]),
+        num_classes=10,
+        steps=300,
+        lr=0.0,
+        method="lbfgs",
+        tol=1e-5,
+    )
+    # Softmax weights are defined up to a constant per feature: compare centred.
+    centred = lambda a: a - a.mean(-1, keepdims=True)
+    np.testing.assert_allclose(centred(np.asarray(w[0])), centred(ref.coef_.T), atol=2e-3)
+    np.testing.assert_allclose(centred(np.asarray(b[0])), centred(ref.intercept_), atol=2e-3)
+    # Each L2 strength of the grid gets its own optimum: the stronger one is smaller.
+    assert np.abs(w[1]).sum() < 0.8 * np.abs(w[0]).sum()
+
+
+def test_linear_probe_lbfgs_evaluator_and_unknown_method():
+    feats = {
+        "train": blobs(40, 0, spread=0.7),
+        "val": blobs(200, 1, spread=0.7),
+        "test": blobs(200, 2, spread=0.7),
+    }
+    out = get_evaluator("linear_probe", l2_grid=(1e-4, 1e3), steps=50, method="lbfgs").run(feats)
+    assert out["linear_test_acc"] > 0.9 and out["linear_l2"] == 1e-4
+    with pytest.raises(ValueError, match="unknown linear probe method 'sgd'"):
+        get_evaluator("linear_probe", method="sgd")

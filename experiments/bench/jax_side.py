@@ -132,8 +132,9 @@ def augment(params, peer_info=None):
 
 def linear_probe_job(params, peer_info=None):
     """Multinomial logistic regression on standardised features, one L2
-    strength, full-batch Adam for as few steps as reach the peer's val accuracy
-    (the step count is searched here, untimed)."""
+    strength, full-batch (``params["method"]``: L-BFGS or Adam) for as few
+    iterations as reach the peer's val accuracy (the count is searched here,
+    untimed)."""
     x, y, xv, yv = data.features(params["train"], params["val"], params["dim"], params["classes"])
     l2 = jnp.asarray([params["l2"]], jnp.float32)
     target = (peer_info or {}).get("val_acc", 0.0) - params.get("tolerance", 0.001)
@@ -147,6 +148,8 @@ def linear_probe_job(params, peer_info=None):
             num_classes=params["classes"],
             steps=steps,
             lr=params["lr"],
+            method=params["method"],
+            tol=0.0,  # exactly `steps` iterations: the count searched is the count timed
         )
         pred = jnp.argmax(jnp.asarray((xv - mean) / std) @ w[0] + b[0], axis=-1)
         return float(np.mean(np.asarray(pred) == yv))
@@ -160,7 +163,8 @@ def linear_probe_job(params, peer_info=None):
         fit_and_score(steps)
         return len(x)
 
-    return {"jit": go}, {"val_acc": acc, "setting": f"{steps} Adam steps"}
+    name = {"lbfgs": "L-BFGS iterations", "adam": "Adam steps"}[params["method"]]
+    return {"jit": go}, {"val_acc": acc, "setting": f"{steps} {name}"}
 
 
 def knn_job(params, peer_info=None):

@@ -205,6 +205,7 @@ def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, di
             l2_grid=tuple(config.eval.linear.l2_grid),
             steps=config.eval.linear.steps,
             lr=config.eval.linear.lr,
+            method=config.eval.linear.method,
             num_classes=ds.num_classes,
         )
         split = lambda s: (feats[s], np.asarray(ds.splits[s].labels))

@@ -31,6 +31,7 @@ def run(config, workdir: str, mesh) -> dict:
             l2_grid=tuple(config.eval.linear.l2_grid),
             steps=config.eval.linear.steps,
             lr=config.eval.linear.lr,
+            method=config.eval.linear.method,
         ),
     ]
     results = {}
