@@ -84,9 +84,10 @@ def base_config() -> mlc.ConfigDict:
     c.eval = mlc.ConfigDict()
     c.eval.batch_size = 1024
     c.eval.knn = mlc.ConfigDict(dict(k=20, temperature=0.07))
-    # method adam: `steps` full-batch steps at `lr`; lbfgs: at most `steps` iterations.
+    # method lbfgs: at most `steps` iterations per L2 strength, to convergence
+    # (ssl_jax/evaluators/linear_probe.py); adam: `steps` full-batch steps at `lr`.
     c.eval.linear = mlc.ConfigDict(
-        dict(method="adam", steps=500, lr=0.01, l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1))
+        dict(method="lbfgs", steps=500, lr=0.01, l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1))
     )
 
     # Fine-tuning: phase "head" trains a new linear head on the frozen backbone,

@@ -57,6 +57,8 @@ def run_one(root, encoder, strategy, seed, extra):
         f"--config.active.start={start}",
         f"--config.active.schedule={SCHEDULE}",
         f"--config.seed={seed}",
+        # The probe the table was measured with (L-BFGS is the default since).
+        "--config.eval.linear.method=adam",
         *extra,
     ]
     print("$", " ".join(cmd), flush=True)

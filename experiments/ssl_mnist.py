@@ -68,6 +68,9 @@ def run_one(root, objective, seed, steps, extra):
         f"--config.labels.seed={seed}",
         f"--config.pretrain.steps={steps}",
         "--config.stages=('pretrain', 'probe', 'report')",
+        # The table's protocol: the rows measured before L-BFGS became the
+        # default probe used 500 Adam steps, so every row does.
+        "--config.eval.linear.method=adam",
         *extra,
     ]
     print("$", " ".join(cmd), flush=True)

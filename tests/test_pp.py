@@ -353,8 +353,15 @@ def test_auto_chunk_size_is_one_example_at_a_time_only_for_colour_on_cpu(monkeyp
         chunk_size_for(-2, 3)
 
 
+STRONG = (  # self-training's MNIST strong view (configs/common.py)
+    "random_affine(10, translate=(0.1, 0.1), scale=(0.9, 1.1))"
+    "|rand_augment(2, magnitude=(0.0, 0.5), fill=0)|cutout(0.25, fill=0)|value_range(-1, 1)"
+)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 4])
-def test_chunks_on_a_sharded_batch_stay_on_their_device(chunk_size):
+@pytest.mark.parametrize("spec,channels", [(SIMCLR, 3), (STRONG, 1)])
+def test_chunks_on_a_sharded_batch_stay_on_their_device(chunk_size, spec, channels):
     # lax.map over a batch sharded across devices gathers the whole batch onto
     # every device; under the mesh each device loops over its own rows only,
     # and the images are the same as on one device.
@@ -362,15 +369,15 @@ def test_chunks_on_a_sharded_batch_stay_on_their_device(chunk_size):
 
     mesh = parallel.make_mesh()
     assert mesh.devices.size == 8
-    x = _images(b=64)
+    x = _images(c=channels, b=64)
     xs = jax.device_put(x, parallel.data_sharded(mesh))
-    fn = jax.jit(build(SIMCLR, chunk_size=chunk_size, mesh=mesh))
+    fn = jax.jit(build(spec, chunk_size=chunk_size, mesh=mesh))
     hlo = fn.lower(jax.random.key(5), xs).compile().as_text()
     assert "all-gather" not in hlo
     out = fn(jax.random.key(5), xs)
     assert out.sharding.is_equivalent_to(parallel.data_sharded(mesh), out.ndim)
-    single = _run(SIMCLR, x, seed=5, chunk_size=None)
+    single = _run(spec, x, seed=5, chunk_size=None)
     np.testing.assert_allclose(np.asarray(out), single, atol=1e-5, rtol=0)
     # Without the mesh the same program gathers: the check above can fail.
-    plain = jax.jit(build(SIMCLR, chunk_size=chunk_size)).lower(jax.random.key(5), xs)
+    plain = jax.jit(build(spec, chunk_size=chunk_size)).lower(jax.random.key(5), xs)
     assert "all-gather" in plain.compile().as_text()

@@ -1,15 +1,23 @@
 """Linear probe: multinomial logistic regression on frozen, standardised features.
 
-All L2 strengths of the grid train at once (vmap) full-batch in one jitted
-loop; the strength with the best val accuracy is kept and its test accuracy
-reported, the protocol of SimCLR's linear evaluation on cached features.
+Every L2 strength of the grid is fitted full-batch in one jitted program; the
+strength with the best val accuracy is kept and its test accuracy reported,
+the protocol of SimCLR's linear evaluation on cached features. The loss is
+mean cross-entropy + ``l2`` / 2 · |w|² (bias unpenalised), scikit-learn's
+LogisticRegression objective with C = 1 / (l2 · n).
 
-Two optimizers: ``adam`` (``steps`` full-batch steps, cosine-decayed ``lr``)
-and ``lbfgs`` (at most ``steps`` L-BFGS iterations with a zoom line search,
-stopping early once the largest gradient entry is below ``tol``; ``lr`` is
-unused). The loss is convex, so L-BFGS goes to its minimum in far fewer
-passes over the features: on 60,000 × 512 features it reached Adam's
-100-step val accuracy in 10 iterations, 2.6× faster (experiments/bench/RESULTS.md).
+Two optimizers (``method``):
+
+- ``lbfgs`` (default): L-BFGS with a zoom line search, at most ``steps``
+  iterations per strength, stopping once the largest gradient entry is below
+  ``tol``. The strengths run one after another from the strongest down, each
+  starting from the previous solution (a regularisation path), so weak L2,
+  the slow end, starts close to its optimum. On 55,000 MNIST features this
+  reached the optimum (98.76% val) 3.8× faster than 500 Adam steps, which
+  stopped short of it (98.18%); vmapping L-BFGS over the grid instead was 6×
+  slower than the path, as every strength waits for the slowest line search.
+- ``adam``: ``steps`` full-batch Adam steps at cosine-decayed ``lr``, all
+  strengths at once (vmap), for a fixed compute budget.
 """
 
 from functools import partial
@@ -20,26 +28,40 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-METHODS = ("adam", "lbfgs")
+METHODS = ("lbfgs", "adam")
 
 
 @partial(jax.jit, static_argnames=("num_classes", "steps", "method"))
-def fit(x, y, l2_grid, *, num_classes, steps, lr, method="adam", tol=1e-4):
+def fit(x, y, l2_grid, *, num_classes, steps, lr, method="lbfgs", tol=1e-4):
     """Returns (weights [G, D, C], biases [G, C]) for each L2 strength."""
     if method not in METHODS:
         raise ValueError(f"unknown linear probe method {method!r}; known: {', '.join(METHODS)}")
     onehot = jax.nn.one_hot(y, num_classes)
 
-    def train_one(l2):
+    def loss_for(l2):
         def loss_fn(p):
             logits = x @ p["w"] + p["b"]
             xent = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
             return xent + 0.5 * l2 * jnp.sum(p["w"] ** 2)
 
-        p = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
-        if method == "lbfgs":
-            return _lbfgs(loss_fn, p, steps, tol)
-        tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
+        return loss_fn
+
+    p0 = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+    if method == "lbfgs":
+        order = jnp.argsort(-l2_grid)  # strongest first
+
+        def one(p, l2):
+            p = _lbfgs(loss_for(l2), p, steps, tol)
+            return p, p
+
+        _, path = jax.lax.scan(one, p0, l2_grid[order])
+        back = jnp.argsort(order)
+        return path["w"][back], path["b"][back]
+
+    tx = optax.adam(optax.cosine_decay_schedule(lr, steps))
+
+    def train_one(l2):
+        loss_fn = loss_for(l2)
 
         def body(_, carry):
             p, s = carry
@@ -47,7 +69,7 @@ def fit(x, y, l2_grid, *, num_classes, steps, lr, method="adam", tol=1e-4):
             u, s = tx.update(g, s, p)
             return optax.apply_updates(p, u), s
 
-        p, _ = jax.lax.fori_loop(0, steps, body, (p, tx.init(p)))
+        p, _ = jax.lax.fori_loop(0, steps, body, (p0, tx.init(p0)))
         return p["w"], p["b"]
 
     return jax.vmap(train_one)(l2_grid)
@@ -61,19 +83,15 @@ def _lbfgs(loss_fn, p, steps, tol):
         p, s, i, _ = carry
         value, g = value_and_grad(p, state=s)
         u, s = tx.update(g, s, p, value=value, grad=g, value_fn=loss_fn)
-        return (
-            optax.apply_updates(p, u),
-            s,
-            i + 1,
-            optax.tree_utils.tree_max(jax.tree.map(jnp.abs, g)),
-        )
+        gmax = optax.tree_utils.tree_max(jax.tree.map(jnp.abs, g))
+        return optax.apply_updates(p, u), s, i + 1, gmax
 
     def more(carry):
         _, _, i, gmax = carry
         return (i < steps) & (gmax > tol)
 
-    p, _, _, _ = jax.lax.while_loop(more, body, (p, tx.init(p), jnp.int32(0), jnp.float32(jnp.inf)))
-    return p["w"], p["b"]
+    init = (p, tx.init(p), jnp.int32(0), jnp.float32(jnp.inf))
+    return jax.lax.while_loop(more, body, init)[0]
 
 
 class LinearModel(NamedTuple):
@@ -98,7 +116,7 @@ class Evaluator:
         l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
         steps: int = 500,
         lr: float = 0.01,
-        method: str = "adam",
+        method: str = "lbfgs",
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "test",
