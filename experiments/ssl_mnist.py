@@ -8,7 +8,8 @@
 Each (objective, seed) is ``python -m ssl_jax --config configs/<objective>.py:mnist``
 with ``--config.seed=S --config.labels.seed=S`` (network, augmentation and which
 100 images carry labels all change with the seed; the val carve-out stays
-fixed), in ``runs/ssl_mnist/<objective>_s<S>``; a finished run is not repeated.
+fixed), in ``runs/ssl_mnist/<objective>_s<S>``; a finished or recorded run is
+not repeated.
 Its results (probe accuracies, wall times, commit) are also kept as a small
 record in ``experiments/ssl_mnist_runs/<objective>_s<S>.json``, which is
 committed, so the table can be rebuilt without the run directories.
@@ -52,9 +53,12 @@ def workdir(root, objective, seed):
     return os.path.join(root, f"{objective}_s{seed}")
 
 
-def run_one(root, objective, seed, steps, extra):
+def run_one(root, records, objective, seed, steps, extra):
     wd = workdir(root, objective, seed)
     if os.path.exists(os.path.join(wd, "report", "done.json")):
+        return
+    if os.path.exists(os.path.join(records, f"{objective}_s{seed}.json")):
+        print(f"{objective} seed {seed}: recorded in {records}, not run again", flush=True)
         return
     cmd = [
         sys.executable,
@@ -171,7 +175,7 @@ def main(argv=None):
     if not a.table_only:
         for seed in a.seeds:
             for obj in a.objectives:
-                run_one(a.root, obj, seed, a.steps, a.extra)
+                run_one(a.root, a.records, obj, seed, a.steps, a.extra)
                 load(a.root, a.records, obj, seed)  # keep its record as soon as it is done
     text = table(a.root, a.records, a.objectives, a.seeds)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n\n{text}")

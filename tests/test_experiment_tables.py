@@ -32,3 +32,13 @@ def test_ssl_mnist_table_is_kept_in_records(tmp_path):
     # The run directories can go: the table is rebuilt from the records alone.
     os.rename(root, root + ".gone")
     assert ssl_mnist.table(root, records, ["rbm"], [0, 1]) == text
+
+
+def test_ssl_mnist_does_not_rerun_a_recorded_run(tmp_path, monkeypatch):
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "rbm_s0.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(ssl_mnist.subprocess, "run", lambda *a, **k: calls.append(a))
+    ssl_mnist.run_one(str(tmp_path / "runs"), str(records), "rbm", 0, 10, [])
+    assert calls == []
