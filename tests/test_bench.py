@@ -74,14 +74,3 @@ def test_peer_bench_ratio_is_against_the_fastest_peer_setting():
     assert rows["jit"]["ratio"] == pytest.approx((10 / 0.5) / (10 / 1.0))
     assert rows["jit"]["gflops"] == pytest.approx(20.0)  # 20 images/s x 1 GFLOP
     assert rows["compile"]["of_peak"] == pytest.approx(10.0 / 40.0)
-
-
-def test_step_profile_splits_convolutions_at_toy_size(capsys):
-    from experiments.bench import profile_step
-
-    by_group = profile_step.main(["--toy", "--steps", "1"])
-    # ResNet-18's convolutions are all found, in each of their three roles.
-    for role in ("forward", "input gradient", "weight gradient"):
-        assert by_group[f"convolution, {role}"] > 0
-    assert set(by_group) <= set(profile_step.GROUPS)
-    assert "| all ops |" in capsys.readouterr().out

@@ -64,7 +64,6 @@ def pretrain_step(config, image_shape, compiler_options=None, seed=0):
         holder["state"] = s
 
     run(1)
-    run.compiled = exe  # for experiments/bench/profile_step.py
     return run, cost_flops(exe)
 
 
