@@ -14,8 +14,9 @@ Two optimizers (``method``):
   starting from the previous solution (a regularisation path), so weak L2,
   the slow end, starts close to its optimum. On 55,000 MNIST features this
   reached the optimum (98.76% val) 3.8× faster than 500 Adam steps, which
-  stopped short of it (98.18%); vmapping L-BFGS over the grid instead was 6×
-  slower than the path, as every strength waits for the slowest line search.
+  stopped short of it (98.18%); vmapping L-BFGS over the grid instead was
+  8.5× slower than the path, as every strength waits for the slowest line
+  search (experiments/bench/RESULTS.md).
 - ``adam``: ``steps`` full-batch Adam steps at cosine-decayed ``lr``, all
   strengths at once (vmap), for a fixed compute budget.
 """
