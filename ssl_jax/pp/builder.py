@@ -164,11 +164,15 @@ def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
 
     sharded = mesh is not None and mesh.devices.size > 1 and chunk_size
     if sharded:
-        spec = P(mesh.axis_names[0])
+        batch_axis = P(mesh.axis_names[0])
         # No collectives inside: every row is independent. check_vma=False because
         # some ops mix per-device values with constants in ways the checker rejects.
         rows = jax.shard_map(
-            rows, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
+            rows,
+            mesh=mesh,
+            in_specs=(batch_axis, batch_axis),
+            out_specs=batch_axis,
+            check_vma=False,
         )
 
     def apply(key, images):
