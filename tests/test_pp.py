@@ -381,3 +381,8 @@ def test_chunks_on_a_sharded_batch_stay_on_their_device(chunk_size, spec, channe
     # Without the mesh the same program gathers: the check above can fail.
     plain = jax.jit(build(spec, chunk_size=chunk_size)).lower(jax.random.key(5), xs)
     assert "all-gather" in plain.compile().as_text()
+    # A batch the 8 devices cannot share evenly runs whole, with the same images.
+    small = x[:4]
+    out = jax.jit(build(spec, chunk_size=chunk_size, mesh=mesh))(jax.random.key(5), small)
+    single = _run(spec, small, seed=5, chunk_size=None)
+    np.testing.assert_allclose(np.asarray(out), single, atol=1e-5, rtol=0)

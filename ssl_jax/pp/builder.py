@@ -162,12 +162,13 @@ def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
             return out.reshape(b, *out.shape[2:])
         return jax.vmap(one)(keys, x)
 
-    sharded = mesh is not None and mesh.devices.size > 1 and chunk_size
-    if sharded:
+    per_device = rows
+    n_dev = mesh.devices.size if mesh is not None else 1
+    if n_dev > 1 and chunk_size:
         batch_axis = P(mesh.axis_names[0])
         # No collectives inside: every row is independent. check_vma=False because
         # some ops mix per-device values with constants in ways the checker rejects.
-        rows = jax.shard_map(
+        per_device = jax.shard_map(
             rows,
             mesh=mesh,
             in_specs=(batch_axis, batch_axis),
@@ -178,11 +179,9 @@ def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
     def apply(key, images):
         x = _to_float(images)
         keys = jax.random.split(key, x.shape[0])
-        if sharded and x.shape[0] % mesh.devices.size:
-            raise ValueError(
-                f"batch of {x.shape[0]} images is not divisible by the {mesh.devices.size} devices"
-            )
-        return rows(keys, x)
+        # A batch the devices cannot share evenly (never a training batch, whose
+        # size is checked against the mesh) runs whole, as without a mesh.
+        return (per_device if x.shape[0] % n_dev == 0 else rows)(keys, x)
 
     return apply
 
