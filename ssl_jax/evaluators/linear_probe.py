@@ -13,10 +13,10 @@ Two optimizers (``method``):
   ``tol``. The strengths run one after another from the strongest down, each
   starting from the previous solution (a regularisation path), so weak L2,
   the slow end, starts close to its optimum. On 55,000 MNIST features this
-  reached the optimum (98.76% val) 3.8× faster than 500 Adam steps, which
-  stopped short of it (98.18%); vmapping L-BFGS over the grid instead was
-  8.5× slower than the path, as every strength waits for the slowest line
-  search (experiments/bench/RESULTS.md).
+  reached the optimum 3.7× faster than 500 Adam steps, which stopped short of
+  it (experiments/bench/RESULTS.md, from experiments/probe_methods.py). The
+  strengths are not vmapped: a vmapped loop runs until its slowest member
+  ends, and the line searches of different strengths take different counts.
 - ``adam``: ``steps`` full-batch Adam steps at cosine-decayed ``lr``, all
   strengths at once (vmap), for a fixed compute budget.
 """
