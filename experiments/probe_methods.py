@@ -21,7 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from ssl_jax import parallel  # noqa: E402
-from ssl_jax.evaluators import get_evaluator  # noqa: E402
 from ssl_jax.evaluators.embed import Embedder  # noqa: E402
 from ssl_jax.stages import common  # noqa: E402
 
@@ -47,13 +46,10 @@ def main(argv=None):
     feats = common.labelled_features(embed, params, model_state, ds, store)
     known = pool.labels >= 0
     every = (embed(params, model_state, pool.images[known]), pool.labels[known])
-    lc = config.eval.linear
     print("| labels | method | val acc | test acc | L2 | fit (s) |\n|---|---|---|---|---|---|")
     for name, train in (("100", feats["train"]), (f"all {len(every[1]):,}", every)):
         for method in ("adam", "lbfgs"):
-            ev = get_evaluator(
-                "linear_probe", l2_grid=tuple(lc.l2_grid), steps=500, lr=lc.lr, method=method
-            )
+            ev = common.linear_evaluator(config, steps=500, method=method)
             ev.run({**feats, "train": train})  # compiles
             times = []
             for _ in range(a.repeats):

@@ -45,6 +45,24 @@ def configure_xla(config):
             os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
 
 
+def check_config(config):
+    """Refuse, before any work, settings that would otherwise fail only when
+    the stage that reads them runs (possibly hours into a pipeline)."""
+    from ssl_jax.evaluators.linear_probe import METHODS
+    from ssl_jax.stages import NAMES
+
+    for stage in config.stages:
+        if stage not in NAMES:
+            raise ValueError(f"unknown stage {stage!r} in config.stages; known: {', '.join(NAMES)}")
+    for label_set in config.probe.label_sets:
+        if label_set not in ("labelled", "all"):
+            raise ValueError(f"unknown probe.label_sets entry {label_set!r}: labelled or all")
+    if config.eval.linear.method not in METHODS:
+        raise ValueError(
+            f"unknown eval.linear.method {config.eval.linear.method!r}; known: {', '.join(METHODS)}"
+        )
+
+
 def run_pipeline(config, workdir: str) -> dict:
     configure_xla(config)
     from ssl_jax import parallel
@@ -85,6 +103,11 @@ def main(argv):
         config.stages  # noqa: B018  (a config that failed to load raises here)
     except OSError as e:  # a config file that does not exist or does not load
         bad_command_line(" ".join(str(e).split()))
+    try:
+        check_config(config)
+    except ValueError as e:
+        print(f"error: bad config: {e}", file=sys.stderr)
+        sys.exit(2)
     workdir = flags.FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"])
     )

@@ -2,6 +2,7 @@
 plus kill-and-resume and config errors."""
 
 import glob
+import importlib
 import json
 import os
 import shutil
@@ -138,6 +139,9 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
     [
         ("--config.pretrain.stepz=3", "stepz"),
         ("--config.pretrain.steps=abc", "steps"),
+        ("--config.stages=('pretrain','probez')", "unknown stage 'probez'"),
+        ("--config.eval.linear.method=newton", "unknown eval.linear.method 'newton'"),
+        ("--config.probe.label_sets=('labelled','every')", "label_sets entry 'every'"),
     ],
 )
 def test_bad_override_is_one_clear_error(override, message, tmp_path):
@@ -146,6 +150,20 @@ def test_bad_override_is_one_clear_error(override, message, tmp_path):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
+
+
+def test_stage_names_are_the_stage_modules():
+    import pkgutil
+
+    import ssl_jax.stages
+
+    modules = {m.name for m in pkgutil.iter_modules(ssl_jax.stages.__path__)}
+    stages = {
+        name
+        for name in modules
+        if getattr(importlib.import_module(f"ssl_jax.stages.{name}"), "STAGE", None) == name
+    }
+    assert stages == set(ssl_jax.stages.NAMES)
 
 
 @pytest.mark.slow

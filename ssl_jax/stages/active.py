@@ -35,7 +35,6 @@ import numpy as np
 
 from ssl_jax import acquisition
 from ssl_jax.data.labels import LabelStore, atomic_write_json, atomic_write_text
-from ssl_jax.evaluators import get_evaluator
 from ssl_jax.evaluators.embed import Embedder
 from ssl_jax.stages import common
 
@@ -200,14 +199,7 @@ def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, di
     labels = store.label_array()
     idx = store.indices()
     if ac.train == "probe":
-        probe = get_evaluator(
-            "linear_probe",
-            l2_grid=tuple(config.eval.linear.l2_grid),
-            steps=config.eval.linear.steps,
-            lr=config.eval.linear.lr,
-            method=config.eval.linear.method,
-            num_classes=ds.num_classes,
-        )
+        probe = common.linear_evaluator(config, num_classes=ds.num_classes)
         split = lambda s: (feats[s], np.asarray(ds.splits[s].labels))
         linear, metrics = probe.fit(
             {

@@ -13,6 +13,7 @@ from ssl_jax import checkpoint, optim, parallel
 from ssl_jax import pp as pp_lib
 from ssl_jax.data import sources
 from ssl_jax.data.labels import LabelStore, atomic_write_json
+from ssl_jax.evaluators import get_evaluator
 from ssl_jax.objectives import get_objective
 from ssl_jax.state import TrainState
 
@@ -166,3 +167,15 @@ def labelled_features(embed, params, model_state, ds, store, val_items: int = 0)
         if n:
             out[split] = (embed(params, model_state, s.images[:n]), np.asarray(s.labels[:n]))
     return out
+
+
+def knn_evaluator(config, **kw):
+    """The kNN evaluator of ``config.eval.knn``."""
+    return get_evaluator("knn", k=config.eval.knn.k, temperature=config.eval.knn.temperature, **kw)
+
+
+def linear_evaluator(config, **kw):
+    """The linear probe of ``config.eval.linear``; ``kw`` overrides its settings."""
+    lc = config.eval.linear
+    settings = dict(l2_grid=tuple(lc.l2_grid), steps=lc.steps, lr=lc.lr, method=lc.method)
+    return get_evaluator("linear_probe", **{**settings, **kw})

@@ -13,7 +13,6 @@ import jax
 
 from ssl_jax import checkpoint, metrics, parallel
 from ssl_jax.data.loader import Loader
-from ssl_jax.evaluators import get_evaluator
 from ssl_jax.evaluators.embed import Embedder
 from ssl_jax.stages import common, loop
 
@@ -79,9 +78,7 @@ def run(config, workdir: str, mesh) -> dict:
         print(f"initialised parameters from {config.init_from}")
 
     embed = Embedder(model.objective, model.eval_fn, mesh, batch_size=config.eval.batch_size)
-    knn = get_evaluator(
-        "knn", k=config.eval.knn.k, temperature=config.eval.knn.temperature, eval_splits=("val",)
-    )
+    knn = common.knn_evaluator(config, eval_splits=("val",))
 
     def evaluate(state, step):
         if not len(store):  # no labels yet (e.g. before active learning): nothing to measure

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 
-from ssl_jax.evaluators import get_evaluator
 from ssl_jax.evaluators.embed import Embedder
 from ssl_jax.stages import common
 
@@ -24,16 +23,7 @@ def run(config, workdir: str, mesh) -> dict:
     embed = Embedder(model.objective, model.eval_fn, mesh, batch_size=config.eval.batch_size)
 
     feats = common.labelled_features(embed, params, model_state, ds, store)
-    evaluators = [
-        get_evaluator("knn", k=config.eval.knn.k, temperature=config.eval.knn.temperature),
-        get_evaluator(
-            "linear_probe",
-            l2_grid=tuple(config.eval.linear.l2_grid),
-            steps=config.eval.linear.steps,
-            lr=config.eval.linear.lr,
-            method=config.eval.linear.method,
-        ),
-    ]
+    evaluators = [common.knn_evaluator(config), common.linear_evaluator(config)]
     results = {}
     for label_set in config.probe.label_sets:
         if label_set == "labelled":
