@@ -125,8 +125,9 @@ def base_config() -> mlc.ConfigDict:
     c.selftrain.unlabelled_ratio = 7  # unlabelled items per labelled item in a batch (mu)
     c.selftrain.balanced = True  # labelled items drawn evenly across classes
     c.selftrain.threshold = 0.95  # pseudo-label only where the confidence reaches this
-    c.selftrain.pseudo_labels = "current"  # current (this step's model) | snapshot
+    c.selftrain.pseudo_labels = "current"  # current (this step's model) | snapshot | ema
     c.selftrain.refresh_every = 100  # snapshot: copied from the model every N steps
+    c.selftrain.ema_decay = 0.0  # > 0: evaluate (and keep as best) a moving average of the params
     c.selftrain.unlabelled_weight = 1.0  # lambda_u, reached after the ramp
     c.selftrain.ramp = "linear"  # linear | sigmoid | none
     c.selftrain.ramp_steps = 200

@@ -2,7 +2,6 @@
 plus kill-and-resume and config errors."""
 
 import glob
-import importlib
 import json
 import os
 import shutil
@@ -142,28 +141,31 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
         ("--config.stages=('pretrain','probez')", "unknown stage 'probez'"),
         ("--config.eval.linear.method=newton", "unknown eval.linear.method 'newton'"),
         ("--config.probe.label_sets=('labelled','every')", "label_sets entry 'every'"),
+        (  # a later stage's setting: refused before the first stage starts
+            "--config.stages=('pretrain','selftrain') --config.selftrain.pseudo_labels=ema",
+            "needs selftrain.ema_decay > 0",
+        ),
+        ("--config.report.embedding=umap", "unknown report.embedding 'umap'"),
     ],
 )
 def test_bad_override_is_one_clear_error(override, message, tmp_path):
-    proc = cli(["--workdir", str(tmp_path), override], check=False)
+    proc = cli(["--workdir", str(tmp_path), *override.split()], check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
 
 
-def test_stage_names_are_the_stage_modules():
-    import pkgutil
+def test_stages_are_found_by_module_name():
+    from ssl_jax import stages
 
-    import ssl_jax.stages
-
-    modules = {m.name for m in pkgutil.iter_modules(ssl_jax.stages.__path__)}
-    stages = {
-        name
-        for name in modules
-        if getattr(importlib.import_module(f"ssl_jax.stages.{name}"), "STAGE", None) == name
-    }
-    assert stages == set(ssl_jax.stages.NAMES)
+    assert stages.names() == sorted(
+        ["pretrain", "probe", "finetune", "selftrain", "active", "predict", "report"]
+    )
+    assert stages.get_stage("probe").STAGE == "probe"
+    for not_a_stage in ("common", "loop", "nope"):
+        with pytest.raises(ValueError, match=f"unknown stage '{not_a_stage}'"):
+            stages.get_stage(not_a_stage)
 
 
 @pytest.mark.slow

@@ -56,9 +56,13 @@ def _setup(**selftrain_overrides):
     model = classifier.build(config, 10)
     tx, lr = optim.make(sc.optimizer, 10, 64)
     variables = None
-    if sc.pseudo_labels == "snapshot":
+    if sc.pseudo_labels == "snapshot" or sc.ema_decay:
         fresh = transfer.init_state(model, tx, mesh, (8, 8, 1), 0)
-        variables = {"params": fresh.params, **fresh.model_state, "snapshot": fresh.params}
+        variables = {"params": fresh.params, **fresh.model_state}
+        if sc.pseudo_labels == "snapshot":
+            variables["snapshot"] = fresh.params
+        if sc.ema_decay:
+            variables["ema"] = fresh.params
     state = transfer.init_state(model, tx, mesh, (8, 8, 1), 0, variables=variables)
     step = selftrain.make_step(
         model, pp_lib.build(config.pp.weak), pp_lib.build(config.pp.strong), lr, mesh, sc
@@ -132,3 +136,52 @@ def test_snapshot_pseudo_labels_refresh_every_n_steps():
         jax.tree.leaves(after2.model_state["snapshot"]), jax.tree.leaves(after2.params), strict=True
     ):
         np.testing.assert_array_equal(a, b)  # step 2: refreshed from the model
+
+
+def _assert_trees_close(a, b, **kw):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+
+
+def _any_differ(a, b):
+    leaves = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return any(not np.allclose(np.asarray(x), np.asarray(y)) for x, y in leaves)
+
+
+def test_ema_follows_the_params_and_leaves_training_alone():
+    plain, step, batch = _setup(threshold=0.5)
+    state, step_ema, _ = _setup(threshold=0.5, ema_decay=0.9)
+    start = jax.device_get(state.params)
+    for _ in range(2):
+        plain, _ = step(plain, batch)
+        before = jax.device_get(state.model_state["ema"])
+        state, _ = step_ema(state, batch)
+        expected = jax.tree.map(
+            lambda e, p: 0.9 * e + 0.1 * p, before, jax.device_get(state.params)
+        )
+        _assert_trees_close(state.model_state["ema"], expected, rtol=1e-6, atol=1e-7)
+    # Keeping the average does not change the training itself.
+    _assert_trees_close(state.params, plain.params, rtol=1e-6, atol=1e-7)
+    params, ms = selftrain.eval_variables(state)
+    assert "ema" not in ms and "snapshot" not in ms
+    _assert_trees_close(params, state.model_state["ema"], rtol=0, atol=0)
+    assert _any_differ(params, start) and _any_differ(params, state.params)
+
+
+def test_ema_pseudo_labels_come_from_the_average():
+    # Give the snapshot teacher and the EMA teacher the same other parameters
+    # (the model's, perturbed): one step must then train the student identically.
+    snap, step_snap, batch = _setup(pseudo_labels="snapshot", threshold=0.0)
+    leaves, tree = jax.tree.flatten(jax.device_get(snap.params))
+    rng = np.random.default_rng(0)
+    teacher = jax.tree.unflatten(tree, [x + rng.normal(0, 0.5, x.shape) for x in leaves])
+    ema, step_ema, _ = _setup(pseudo_labels="ema", ema_decay=0.5, threshold=0.0)
+    snap = snap.replace(model_state={**snap.model_state, "snapshot": teacher})
+    ema = ema.replace(model_state={**ema.model_state, "ema": teacher})
+    snap, m_snap = step_snap(snap, batch)
+    ema, m_ema = step_ema(ema, batch)
+    np.testing.assert_allclose(m_ema["mask_rate"], m_snap["mask_rate"])
+    _assert_trees_close(ema.params, snap.params, rtol=1e-6, atol=1e-7)
+    # ... and not as with the current model as the teacher.
+    cur, step_cur, _ = _setup(threshold=0.0)
+    assert _any_differ(step_cur(cur, batch)[0].params, ema.params)

@@ -214,8 +214,6 @@ def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, di
             "b": np.asarray(linear.b),
         }
         return model, {"val_acc": metrics["linear_val_acc"], "test_acc": metrics["linear_test_acc"]}
-    if ac.train not in ("finetune", "selftrain"):
-        raise ValueError(f"unknown active.train {ac.train!r}: probe, finetune or selftrain")
     from ssl_jax.stages import finetune, selftrain
     from ssl_jax.transfer import classifier_outputs
 
@@ -234,13 +232,27 @@ def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, di
     return model, {"val_acc": results["val_acc"], "test_acc": results["test_acc"]}
 
 
+def check(config):
+    """Refuse bad settings before any stage runs (called by the command line too)."""
+    ac = config.active
+    if list(ac.schedule) != sorted(ac.schedule) or not len(ac.schedule):
+        raise ValueError(f"active.schedule must be rising label counts, got {ac.schedule}")
+    if ac.train not in ("probe", "finetune", "selftrain"):
+        raise ValueError(f"unknown active.train {ac.train!r}: probe, finetune or selftrain")
+    if ac.train in ("finetune", "selftrain"):
+        from ssl_jax.stages import finetune, selftrain
+
+        finetune.check(config)
+        if ac.train == "selftrain":
+            selftrain.check(config)
+
+
 def run(config, workdir: str, mesh) -> dict:
     if (done := common.done_results(workdir, STAGE)) is not None:
         return done
     sdir = common.stage_dir(workdir, STAGE)
     ac = config.active
-    if list(ac.schedule) != sorted(ac.schedule) or not len(ac.schedule):
-        raise ValueError(f"active.schedule must be rising label counts, got {ac.schedule}")
+    check(config)
     ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     feats = ssl_features(config, workdir, mesh, ds)

@@ -97,11 +97,18 @@ def make_step(model, pp_fn, tx_lr, mesh, *, num_classes, frozen_backbone, stats_
     )
 
 
+def check(config):
+    """Refuse bad settings before any stage runs (called by the command line too)."""
+    if config.finetune.init not in ("pretrain", "scratch"):
+        raise ValueError(f"unknown finetune.init {config.finetune.init!r}: pretrain or scratch")
+
+
 def run(config, workdir: str, mesh) -> dict:
     if (done := common.done_results(workdir, STAGE)) is not None:
         return done
     sdir = common.stage_dir(workdir, STAGE)
     fc = config.finetune
+    check(config)
     ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     if not len(store):

@@ -11,10 +11,18 @@ from ssl_jax.stages import common
 STAGE = "probe"
 
 
+def check(config):
+    """Refuse bad settings before any stage runs (called by the command line too)."""
+    for label_set in config.probe.label_sets:
+        if label_set not in ("labelled", "all"):
+            raise ValueError(f"unknown probe.label_sets entry {label_set!r}: labelled or all")
+
+
 def run(config, workdir: str, mesh) -> dict:
     if (done := common.done_results(workdir, STAGE)) is not None:
         return done
     sdir = common.stage_dir(workdir, STAGE)
+    check(config)
     ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     pool = ds.splits["train"]
@@ -28,11 +36,9 @@ def run(config, workdir: str, mesh) -> dict:
     for label_set in config.probe.label_sets:
         if label_set == "labelled":
             train = feats["train"]
-        elif label_set == "all":
+        else:  # "all" (check refuses anything else)
             known = pool.labels >= 0
             train = (embed(params, model_state, pool.images[known]), pool.labels[known])
-        else:
-            raise ValueError(f"unknown probe.label_sets entry {label_set!r}: labelled or all")
         for ev in evaluators:
             out = ev.run({**feats, "train": train})
             results.update({f"{label_set}/{k}": v for k, v in out.items()})

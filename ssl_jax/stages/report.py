@@ -185,6 +185,12 @@ def _embed_2d(x, method: str, seed: int):
     raise ValueError(f"unknown report.embedding {method!r}: tsne or pca")
 
 
+def check(config):
+    """Refuse bad settings before any stage runs (called by the command line too)."""
+    if config.report.embedding not in ("tsne", "pca"):
+        raise ValueError(f"unknown report.embedding {config.report.embedding!r}: tsne or pca")
+
+
 def run(config, workdir: str, mesh) -> dict:
     if (done := common.done_results(workdir, STAGE)) is not None:
         return done

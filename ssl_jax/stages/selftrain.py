@@ -10,10 +10,11 @@ and ``unlabelled_ratio`` times as many pool items. Per step:
     L_u = mean_j  w_j * m_j * CE(f(strong(u_j)), yhat_j)            unlabelled items
     L   = L_l + lambda(t) * L_u
 
-f' is the model of this step (``pseudo_labels="current"``) or a snapshot copied
-from it every ``refresh_every`` steps (``"snapshot"``); it predicts in inference
-mode and no gradient flows through the pseudo-labels. lambda(t) ramps from 0 to
-``unlabelled_weight`` over ``ramp_steps`` (linear, or the sigmoid
+f' is the model of this step (``pseudo_labels="current"``), a snapshot copied
+from it every ``refresh_every`` steps (``"snapshot"``), or the exponential
+moving average of its parameters (``"ema"``, the mean-teacher choice); it
+predicts in inference mode and no gradient flows through the pseudo-labels.
+lambda(t) ramps from 0 to ``unlabelled_weight`` over ``ramp_steps`` (linear, or the sigmoid
 exp(-5 (1 - t)^2) of temporal ensembling). With ``uncertainty_weighting`` the
 per-item weight is w = exp(-H(softmax(logits / T))) (T =
 ``uncertainty_temperature`` > 1 softens the prediction before its entropy H;
@@ -27,7 +28,10 @@ exactly supervised training on the labelled items.
 
 The model starts from the fine-tuning stage's best model (``init="finetune"``)
 or from the pretrained backbone with a new head (``"pretrain"``); the best
-model by val accuracy is kept and its test accuracy reported.
+model by val accuracy is kept and its test accuracy reported. With
+``ema_decay`` = d > 0 the stage also keeps theta_ema <- d theta_ema + (1 - d) theta
+after every step (FixMatch evaluates this average, d = 0.999), and the average
+is what is evaluated, kept as the best model and reported.
 """
 
 import os
@@ -44,6 +48,24 @@ from ssl_jax.stages import common, loop
 
 STAGE = "selftrain"
 SNAPSHOT = "snapshot"
+EMA = "ema"
+AUX = (SNAPSHOT, EMA)  # parameter copies kept in model_state, not model variables
+
+
+def model_variables(model_state) -> dict:
+    """``model_state`` without the parameter copies of AUX (what ``model.apply`` takes)."""
+    return {k: v for k, v in model_state.items() if k not in AUX}
+
+
+def eval_variables(state):
+    """(params, model variables) to evaluate: the moving average where one is kept."""
+    return state.model_state.get(EMA, state.params), model_variables(state.model_state)
+
+
+def teacher_params(state, source: str):
+    """The parameters that make the pseudo-labels, per ``selftrain.pseudo_labels``."""
+    key = {"current": None, SNAPSHOT: SNAPSHOT, EMA: EMA}[source]
+    return state.params if key is None else state.model_state[key]
 
 
 def ramp(sc, step):
@@ -91,8 +113,8 @@ def make_step(model, weak, strong, lr, mesh, sc):
         x_u, x_l, y_l = batch["image"][:n_u], batch["image"][n_u:], batch["label"][n_u:]
         xl = weak(k_lw, x_l)
         xu_weak, xu_strong = weak(k_uw, x_u), strong(k_us, x_u)
-        ms = {k: v for k, v in state.model_state.items() if k != SNAPSHOT}
-        teacher = state.model_state[SNAPSHOT] if SNAPSHOT in state.model_state else state.params
+        ms = model_variables(state.model_state)
+        teacher = teacher_params(state, sc.pseudo_labels)
         logits_w = jax.lax.stop_gradient(model.apply({"params": teacher, **ms}, xu_weak))
         pl, mask, conf = pseudo_labels(logits_w, sc.threshold)
         lambda_u = ramp(sc, state.step)
@@ -125,6 +147,12 @@ def make_step(model, weak, strong, lr, mesh, sc):
                 lambda p, s: jnp.where(refresh, p, s), new.params, state.model_state[SNAPSHOT]
             )
             new = new.replace(model_state={**new.model_state, SNAPSHOT: snapshot})
+        if EMA in state.model_state:
+            d = sc.ema_decay
+            ema = jax.tree.map(
+                lambda e, p: d * e + (1.0 - d) * p, state.model_state[EMA], new.params
+            )
+            new = new.replace(model_state={**new.model_state, EMA: ema})
         new, finite = loop.guard_finite(loss, new, state)
         out = {
             "loss": loss,
@@ -179,15 +207,29 @@ def initial_variables(config, workdir, mesh, model, ds, shape):
     raise ValueError(f"unknown selftrain.init {init!r}: finetune or pretrain")
 
 
+def check(config):
+    """Refuse bad settings before any stage runs (called by the command line too)."""
+    sc = config.selftrain
+    if sc.pseudo_labels not in ("current", SNAPSHOT, EMA):
+        raise ValueError(
+            f"unknown selftrain.pseudo_labels {sc.pseudo_labels!r}: current, snapshot or ema"
+        )
+    if not 0.0 <= sc.ema_decay < 1.0:
+        raise ValueError(f"selftrain.ema_decay must be in [0, 1), got {sc.ema_decay}")
+    if sc.pseudo_labels == EMA and not sc.ema_decay:
+        raise ValueError("selftrain.pseudo_labels='ema' needs selftrain.ema_decay > 0")
+    if sc.ramp not in ("linear", "sigmoid", "none"):
+        raise ValueError(f"unknown selftrain.ramp {sc.ramp!r}: linear, sigmoid or none")
+    if sc.init not in ("finetune", "pretrain"):
+        raise ValueError(f"unknown selftrain.init {sc.init!r}: finetune or pretrain")
+
+
 def run(config, workdir: str, mesh) -> dict:
     if (done := common.done_results(workdir, STAGE)) is not None:
         return done
     sdir = common.stage_dir(workdir, STAGE)
     sc = config.selftrain
-    if sc.pseudo_labels not in ("current", SNAPSHOT):
-        raise ValueError(
-            f"unknown selftrain.pseudo_labels {sc.pseudo_labels!r}: current or snapshot"
-        )
+    check(config)
     ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     if not len(store):
@@ -198,6 +240,8 @@ def run(config, workdir: str, mesh) -> dict:
     variables = initial_variables(config, workdir, mesh, model, ds, shape)
     if sc.pseudo_labels == SNAPSHOT:
         variables[SNAPSHOT] = variables["params"]
+    if sc.ema_decay:
+        variables[EMA] = variables["params"]
     tx, lr = optim.make(sc.optimizer, sc.steps, sc.labelled_batch * (1 + sc.unlabelled_ratio))
     state = transfer.init_state(model, tx, mesh, shape, config.seed, variables=variables)
     labels = store.label_array()
@@ -226,9 +270,9 @@ def run(config, workdir: str, mesh) -> dict:
         print(f"resuming self-training at step {int(state.step)} from {ckpt.directory}")
 
     def evaluate(state, step):
-        ms = {k: v for k, v in state.model_state.items() if k != SNAPSHOT}
-        acc = predictor.accuracy(state.params, ms, ds.splits["val"], sc.eval_val_items)
-        best.offer(state.replace(model_state=ms), acc, step)
+        params, ms = eval_variables(state)
+        acc = predictor.accuracy(params, ms, ds.splits["val"], sc.eval_val_items)
+        best.offer(state.replace(params=params, model_state=ms), acc, step)
         return {"val_acc": acc, "best_val_acc": best.acc}
 
     writer = metrics.MetricWriter(sdir)
@@ -249,8 +293,9 @@ def run(config, workdir: str, mesh) -> dict:
             evaluate=evaluate,
             hint="Lower selftrain.optimizer.lr or selftrain.optimizer.grad_clip.",
         )
-        ms = {k: v for k, v in state.model_state.items() if k != SNAPSHOT}
-        params, model_state, meta = best.restore(state.replace(model_state=ms))
+        params, model_state, meta = best.restore(
+            state.replace(model_state=model_variables(state.model_state))
+        )
     finally:
         writer.close()
         ckpt.close()
