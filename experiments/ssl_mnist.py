@@ -67,7 +67,9 @@ def run_one(root, records, objective, seed, steps, extra):
         "--config",
         f"configs/{objective}.py:mnist",
         "--workdir",
-        wd,
+        # Relative to the repository (the command's cwd) where it lies inside
+        # it, so the record's command runs from any clone.
+        os.path.relpath(wd, REPO) if not os.path.relpath(wd, REPO).startswith("..") else wd,
         f"--config.seed={seed}",
         f"--config.labels.seed={seed}",
         f"--config.pretrain.steps={steps}",
