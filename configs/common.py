@@ -132,6 +132,7 @@ def base_config() -> mlc.ConfigDict:
     c.selftrain.ramp = "linear"  # linear | sigmoid | none
     c.selftrain.ramp_steps = 200
     c.selftrain.bn_train = False  # BatchNorm: pretraining's statistics (False) or batch ones
+    c.selftrain.bn_joint = False  # with bn_train: labelled and strong views share one batch
     c.selftrain.uncertainty_weighting = False  # weight items by exp(-H(p_T))
     c.selftrain.uncertainty_temperature = 2.0  # T > 1 softens p before its entropy
     c.selftrain.optimizer = optimizer(

@@ -146,6 +146,10 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
             "needs selftrain.ema_decay > 0",
         ),
         ("--config.report.embedding=umap", "unknown report.embedding 'umap'"),
+        (
+            "--config.stages=('pretrain','selftrain') --config.selftrain.bn_joint=True",
+            "bn_joint needs selftrain.bn_train=True",
+        ),
     ],
 )
 def test_bad_override_is_one_clear_error(override, message, tmp_path):

@@ -185,3 +185,30 @@ def test_ema_pseudo_labels_come_from_the_average():
     # ... and not as with the current model as the teacher.
     cur, step_cur, _ = _setup(threshold=0.0)
     assert _any_differ(step_cur(cur, batch)[0].params, ema.params)
+
+
+def test_joint_batchnorm_takes_statistics_over_labelled_and_strong_views():
+    state, step, batch = _setup(threshold=1.0, unlabelled_weight=0.0, bn_train=True, bn_joint=True)
+    start = jax.device_get(state)
+    _, stats, _ = _params_after(state, step, batch)
+    # The step's views, rebuilt from its keys; the running statistics after one
+    # step are those of one train-mode pass over [labelled weak; pool strong].
+    config = tiny_config("unused")
+    weak = pp_lib.build(TINY_VIEW)
+    strong = pp_lib.build(TINY_VIEW + "|cutout(0.5, fill=0)")
+    k_lw, _, k_us = jax.random.split(jax.random.fold_in(start.rng, start.step), 3)
+    x = jnp.asarray(batch["image"])
+    both = jnp.concatenate([weak(k_lw, x[48:]), strong(k_us, x[:48])])
+    model = classifier.build(config, 10)
+    _, expected = model.apply(
+        {"params": start.params, **start.model_state}, both, train=True, mutable=["batch_stats"]
+    )
+    _assert_trees_close(stats["batch_stats"], expected["batch_stats"], rtol=1e-5, atol=1e-6)
+    # Unlike separate passes, whose statistics are the labelled items' alone,
+    # the pool now counts, even with no pseudo-label loss.
+    state, step, _ = _setup(threshold=1.0, unlabelled_weight=0.0, bn_train=True)
+    _, separate, _ = _params_after(state, step, batch)
+    assert _any_differ(separate["batch_stats"], stats["batch_stats"])
+    state, step, _ = _setup(threshold=1.0, unlabelled_weight=0.0, bn_train=True, bn_joint=True)
+    _, other, _ = _params_after(state, step, _other_unlabelled_rows(batch))
+    assert _any_differ(other["batch_stats"], stats["batch_stats"])

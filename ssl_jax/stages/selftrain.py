@@ -23,8 +23,11 @@ head still learns), from the labelled item's own prediction and the unlabelled
 item's weak-view prediction; otherwise w = 1. BatchNorm runs in inference mode by default
 (``bn_train=False``: the pool's statistics from pretraining); with ``bn_train``
 each pass uses its batch statistics and the running averages follow the
-labelled items only. Either way, with ``threshold=1`` and weight 0 this is
-exactly supervised training on the labelled items.
+labelled items only, unless ``bn_joint``: then labelled and strong views go
+through the model as one batch (FixMatch's choice), whose statistics both
+use and the running averages follow. Without ``bn_joint``, with
+``threshold=1`` and weight 0 this is exactly supervised training on the
+labelled items.
 
 The model starts from the fine-tuning stage's best model (``init="finetune"``)
 or from the pretrained backbone with a new head (``"pretrain"``); the best
@@ -120,13 +123,24 @@ def make_step(model, weak, strong, lr, mesh, sc):
         lambda_u = ramp(sc, state.step)
 
         def loss_fn(params):
-            logits_l, new_ms = model.apply(
-                {"params": params, **ms}, xl, train=sc.bn_train, mutable=list(ms)
-            )
-            # Statistics of the strong pass are dropped: only labelled items set them.
-            logits_s, _ = model.apply(
-                {"params": params, **ms}, xu_strong, train=sc.bn_train, mutable=list(ms)
-            )
+            if sc.bn_train and sc.bn_joint:
+                # One pass over both: batch statistics (and the running
+                # averages) of labelled and strong views together.
+                logits, new_ms = model.apply(
+                    {"params": params, **ms},
+                    jnp.concatenate([xl, xu_strong]),
+                    train=True,
+                    mutable=list(ms),
+                )
+                logits_l, logits_s = logits[:n_l], logits[n_l:]
+            else:
+                logits_l, new_ms = model.apply(
+                    {"params": params, **ms}, xl, train=sc.bn_train, mutable=list(ms)
+                )
+                # Statistics of the strong pass are dropped: only labelled items set them.
+                logits_s, _ = model.apply(
+                    {"params": params, **ms}, xu_strong, train=sc.bn_train, mutable=list(ms)
+                )
             w_l = jnp.ones(n_l)
             w_u = mask.astype(jnp.float32)
             if sc.uncertainty_weighting:
@@ -222,6 +236,8 @@ def check(config):
         raise ValueError(f"unknown selftrain.ramp {sc.ramp!r}: linear, sigmoid or none")
     if sc.init not in ("finetune", "pretrain"):
         raise ValueError(f"unknown selftrain.init {sc.init!r}: finetune or pretrain")
+    if sc.bn_joint and not sc.bn_train:
+        raise ValueError("selftrain.bn_joint needs selftrain.bn_train=True (batch statistics)")
 
 
 def run(config, workdir: str, mesh) -> dict:
