@@ -13,12 +13,21 @@ experiments/ssl_mnist.py with the same seed, hence the same 100 labels):
   finetune    configs/simclr.py:mnist_long, stage finetune, init_from the pretraining run
   selftrain   the same run's selftrain stage (3,000 FixMatch steps), then predict and report
 
+``--variant NAME:OVERRIDES`` (repeatable) adds a row: self-training again from
+the same fine-tuned model with the given config overrides, in
+``runs/few_labels/selftrain-NAME_sS`` (the fine-tuning result is copied there,
+not recomputed), e.g.
+
+  .venv/bin/python experiments/few_labels_mnist.py --seeds 0 \
+      --variant "ema:--config.selftrain.ema_decay=0.999 --config.selftrain.steps=6000"
+
 Runs go to ``runs/few_labels/<row>_sS``; finished ones are not repeated.
 """
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +52,15 @@ def run(cmd, workdir, marker):
         json.dump({"wall_s": time.perf_counter() - t0, "command": cmd[1:]}, f)
 
 
-def run_seed(root, ssl_root, seed, extra):
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """'NAME:--config.a=1 --config.b=2' -> (NAME, [overrides])."""
+    name, sep, overrides = text.partition(":")
+    if not sep or not name or not name.replace("_", "").isalnum():
+        raise SystemExit(f"--variant {text!r}: expected NAME:OVERRIDES with NAME of [A-Za-z0-9_]")
+    return name, overrides.split()
+
+
+def run_seed(root, ssl_root, seed, extra, variants=()):
     pretrained = os.path.join(ssl_root, f"simclr_s{seed}")
     if not os.path.exists(os.path.join(pretrained, "pretrain", "done.json")):
         raise SystemExit(f"{pretrained} has no finished pretraining: run experiments/ssl_mnist.py")
@@ -70,9 +87,22 @@ def run_seed(root, ssl_root, seed, extra):
         wd,
         os.path.join(wd, "report", "done.json"),
     )
+    for name, overrides in variants:
+        vwd = os.path.join(root, f"selftrain-{name}_s{seed}")
+        if not os.path.exists(os.path.join(vwd, "finetune", "done.json")):
+            os.makedirs(vwd, exist_ok=True)
+            for item in ("labels.json", "data_report.json"):
+                shutil.copy2(os.path.join(wd, item), vwd)
+            shutil.copytree(os.path.join(wd, "finetune"), os.path.join(vwd, "finetune"))
+        stages = "--config.stages=('finetune', 'selftrain')"  # finetune: already done
+        run(
+            [*base, "--workdir", vwd, f"--config.init_from={pretrained}", stages, *overrides],
+            vwd,
+            os.path.join(vwd, "selftrain", "done.json"),
+        )
 
 
-def results(root, ssl_root, seed) -> dict:
+def results(root, ssl_root, seed, variants=()) -> dict:
     def load(*parts):
         path = os.path.join(*parts)
         if not os.path.exists(path):
@@ -89,16 +119,22 @@ def results(root, ssl_root, seed) -> dict:
     for stage in ("finetune", "selftrain"):
         if r := load(root, f"transfer_s{seed}", stage, "results.json"):
             out[stage] = (r["test_acc"], r["wall_s"])
+    for name, _ in variants:
+        if r := load(root, f"selftrain-{name}_s{seed}", "selftrain", "results.json"):
+            out[f"selftrain-{name}"] = (r["test_acc"], r["wall_s"])
     return out
 
 
-def table(root, ssl_root, seeds) -> str:
-    per_seed = [results(root, ssl_root, s) for s in seeds]
+def table(root, ssl_root, seeds, variants=()) -> str:
+    per_seed = [results(root, ssl_root, s, variants) for s in seeds]
     lines = [
         "| with 100 labels | test acc (mean ± std) | per seed | stage wall time (s) |",
         "|---|---|---|---|",
     ]
-    for key, name in ROWS:
+    rows = [*ROWS]
+    for name, overrides in variants:
+        rows.append((f"selftrain-{name}", f"{ROWS[-1][1]}, {name}: `{' '.join(overrides)}`"))
+    for key, name in rows:
         accs = [r[key][0] for r in per_seed if key in r]
         walls = [r[key][1] for r in per_seed if key in r]
         if not accs:
@@ -115,12 +151,14 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--root", default=os.path.join(REPO, "runs", "few_labels"))
     p.add_argument("--ssl-root", default=os.path.join(REPO, "runs", "ssl_mnist"))
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:OVERRIDES")
     p.add_argument("--table-only", action="store_true")
     a, extra = p.parse_known_args(argv)  # other arguments go to every run
+    variants = [parse_variant(v) for v in a.variant]
     if not a.table_only:
         for seed in a.seeds:
-            run_seed(a.root, a.ssl_root, seed, extra)
-    print(table(a.root, a.ssl_root, a.seeds))
+            run_seed(a.root, a.ssl_root, seed, extra, variants)
+    print(table(a.root, a.ssl_root, a.seeds, variants))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from experiments import ssl_mnist
 
 
@@ -42,3 +44,27 @@ def test_ssl_mnist_does_not_rerun_a_recorded_run(tmp_path, monkeypatch):
     monkeypatch.setattr(ssl_mnist.subprocess, "run", lambda *a, **k: calls.append(a))
     ssl_mnist.run_one(str(tmp_path / "runs"), str(records), "rbm", 0, 10, [])
     assert calls == []
+
+
+def test_few_labels_variant_rows(tmp_path):
+    from experiments import few_labels_mnist as fl
+
+    def result(*parts, acc):
+        os.makedirs(os.path.join(tmp_path, *parts[:-1]), exist_ok=True)
+        with open(os.path.join(tmp_path, *parts), "w") as f:
+            json.dump({"test_acc": acc, "wall_s": 10.0}, f)
+
+    for seed, acc in ((0, 0.97), (1, 0.99)):
+        result(f"transfer_s{seed}", "selftrain", "results.json", acc=acc - 0.01)
+        result(f"selftrain-ema_s{seed}", "selftrain", "results.json", acc=acc)
+    variants = [fl.parse_variant("ema:--config.selftrain.ema_decay=0.999 --config.x=1")]
+    assert variants == [("ema", ["--config.selftrain.ema_decay=0.999", "--config.x=1"])]
+    text = fl.table(str(tmp_path), str(tmp_path / "none"), [0, 1], variants)
+    assert "| SimCLR pretraining + fine-tuning + self-training | 97.00 ± 1.41 |" in text
+    assert (
+        "self-training, ema: `--config.selftrain.ema_decay=0.999 --config.x=1` | 98.00 ± 1.41 "
+        "| 97.00, 99.00 |" in text
+    )
+    for bad in ("no_colon", ":--config.a=1", "a b:--config.a=1"):
+        with pytest.raises(SystemExit, match="NAME:OVERRIDES"):
+            fl.parse_variant(bad)
