@@ -26,11 +26,14 @@ def test_throughput_script_runs_at_toy_size(capsys):
 @pytest.mark.slow
 def test_throughput_times_objectives_steps_at_toy_size():
     rows = throughput.main(
-        ["--models", "--objectives", "gan", "rbm", "mae", "semisup", "--batch", "8", "--steps", "1"]
-        + ["--repeats", "1", "--toy"]
+        ["--models", "--objectives", "gan", "gan@objective.kw.up_kernel=2", "rbm", "mae"]
+        + ["semisup", "--batch", "8", "--steps", "1", "--repeats", "1", "--toy"]
     )
-    assert [r["model"] for r in rows] == ["gan", "rbm", "mae", "semisup"]
+    names = ["gan", "gan@objective.kw.up_kernel=2", "rbm", "mae", "semisup"]
+    assert [r["model"] for r in rows] == names
     assert all(r["job"] == "step/eigen" and r["images_s"] > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        throughput.main(["--models", "--objectives", "ganz@objective.kw.up_kernel=2"])
 
 
 @pytest.mark.slow

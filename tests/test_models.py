@@ -2,6 +2,7 @@
 
 import importlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -286,3 +287,28 @@ def test_depth_to_space_puts_channel_block_ij_at_offset_ij():
     out = depth_to_space(y, 2)
     assert out.shape == (2, 6, 10, 2)
     np.testing.assert_array_equal(out[1, 2 * 2 + 1, 2 * 4 + 0], y[1, 2, 4].reshape(2, 2, 2)[1, 0])
+
+
+@pytest.mark.parametrize("up_kernel", [2, 3])
+def test_decoder_output_pixels_see_a_kernel_sized_window(up_kernel):
+    from ssl_jax.models.decoder import ConvDecoder
+
+    decoder = ConvDecoder((28, 28, 1), width=4, up_kernel=up_kernel)
+    z = jnp.ones((1, 8))
+    variables = decoder.init(jax.random.PRNGKey(0), z)
+    assert variables["params"]["up1"]["kernel"].shape[:2] == (up_kernel, up_kernel)
+    assert decoder.apply(variables, z).shape == (1, 28, 28, 1)
+
+    # Last upsampling alone: which 14×14 input pixels reach output pixel (10, 11)?
+    up = nn.Conv(4, (up_kernel, up_kernel), padding="SAME")
+    x = jnp.ones((1, 14, 14, 1))
+    p = up.init(jax.random.PRNGKey(1), x)
+
+    from ssl_jax.models.decoder import depth_to_space
+
+    def pixel(x):
+        return depth_to_space(up.apply(p, x), 2)[0, 10, 11, 0]
+
+    reach = np.argwhere(np.asarray(jax.grad(pixel)(x))[0, :, :, 0] != 0)
+    assert len(reach) == up_kernel * up_kernel  # a k×k window around input (5, 5)
+    assert {5} <= set(reach[:, 0]) and {5} <= set(reach[:, 1])

@@ -14,6 +14,8 @@ pretraining step of each objective's ``mnist`` config the same way, in turn.
 """
 
 import argparse
+import ast
+import functools
 import importlib
 import os
 import platform
@@ -101,15 +103,21 @@ def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> 
     """The pretraining step of each objective's ``mnist`` config (Eigen conv
     path, as config.xla_fast_cpu_conv runs it), timed in turn."""
     jobs = {}
-    for name in names:
+    for spec in names:
+        name, _, settings = spec.partition("@")
         config = importlib.import_module(f"configs.{name}").get_config("mnist")
         with config.unlocked():
+            for setting in filter(None, settings.split(",")):
+                path, _, value = setting.partition("=")
+                *parents, leaf = path.split(".")
+                node = functools.reduce(getattr, parents, config)
+                node[leaf] = ast.literal_eval(value)
             pc = config.pretrain  # the labelled share of a batch stays the config's
             pc.labelled_per_batch = pc.labelled_per_batch * batch // pc.batch_size
             pc.batch_size = batch
             if toy and config.model.name.startswith("vit"):
                 config.model.kw.depth = 1
-        jobs[name] = jax_side.pretrain_step(config, (28, 28, 1), jax_side.EIGEN_CONV)[0]
+        jobs[spec] = jax_side.pretrain_step(config, (28, 28, 1), jax_side.EIGEN_CONV)[0]
     rows = []
     for k, ts in alternate(jobs, steps, repeats).items():
         rows.append({**summary(k, "step/eigen", ts, batch), "ratio": float("nan")})
@@ -123,14 +131,18 @@ def main(argv=None):
         "--objectives",
         nargs="*",
         default=[],
-        choices=OBJECTIVES,
-        help="also time these objectives' mnist pretraining steps",
+        metavar="NAME[@KEY=VALUE,...]",
+        help="also time these objectives' mnist pretraining steps; after @, config "
+        "settings for that job, e.g. gan@objective.kw.up_kernel=2",
     )
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--toy", action="store_true", help="tiny sizes: checks the script runs")
     a = p.parse_args(argv)
+    for spec in a.objectives:
+        if spec.partition("@")[0] not in OBJECTIVES:
+            p.error(f"--objectives {spec!r}: unknown objective; known: {', '.join(OBJECTIVES)}")
     print(
         f"jax {jax.__version__}, {jax.default_backend()} x{len(jax.devices())}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -35,9 +35,12 @@ class GAN(nn.Module):
     backbone: nn.Module  # the discriminator's body
     z_dim: int = 64
     width: int = 64
+    up_kernel: int = 3  # the generator's sub-pixel convolutions (models/decoder.py)
 
     def setup(self):
-        self.generator = ConvDecoder(self.image_shape, width=self.width, final_activation="tanh")
+        self.generator = ConvDecoder(
+            self.image_shape, width=self.width, final_activation="tanh", up_kernel=self.up_kernel
+        )
         self.logit = nn.Dense(1)
 
     def __call__(self, z, x, train: bool = False):  # for init: touches every part
@@ -62,7 +65,13 @@ class Objective(BackboneObjective):
         d = config.data
         self.z_dim, self.g_lr, self.d_lr = kw.z_dim, kw.g_lr, kw.d_lr
         backbone = get_model(config.model.name, **config.model.kw)
-        self.net = GAN((d.image_size, d.image_size, d.channels), backbone, kw.z_dim, kw.width)
+        self.net = GAN(
+            (d.image_size, d.image_size, d.channels),
+            backbone,
+            kw.z_dim,
+            kw.width,
+            kw.get("up_kernel", 3),
+        )
 
     def optimizer(self, pretrain_config):
         """Two Adams in one transform: one per network, each on its own parameters."""
