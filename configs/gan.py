@@ -17,7 +17,10 @@ def get_config(arg: str | None = None):
     c = common.base_config()
     common.set_dataset(c, variant, "gan.py")
     c.objective.name = "gan"
-    c.objective.kw.update(z_dim=64, width=64, g_lr=2e-4, d_lr=2e-4)
+    # up_kernel=2: the generator's sub-pixel convolutions see a 2x2 window, the
+    # footprint of DCGAN's 4x4 stride-2 transposed convolutions; the 3x3
+    # default made the MNIST step 1.43x slower (experiments/bench/README.md).
+    c.objective.kw.update(z_dim=64, width=64, up_kernel=2, g_lr=2e-4, d_lr=2e-4)
     c.pp.views.view1 = c.pp.eval
     c.model.name = "dcgan"  # the discriminator's body: ssl_jax/models/dcgan.py
     c.model.kw.update(width=64, feature_dim=256)
