@@ -114,3 +114,16 @@ def test_human_oracle_round_trip(pretrained, digits_folder, tmp_path):
     with open(os.path.join(workdir, "labels.json")) as f:
         items = json.load(f)["items"]
     assert len(items) == 20 and {d["source"] for d in items} == {"human"}
+
+
+@pytest.mark.parametrize("schedule", [(), (0, 10), (10, 10, 20), (20, 10)])
+def test_schedule_must_rise(schedule):
+    from configs import active as active_config
+    from ssl_jax.stages import active
+
+    config = active_config.get_config("mnist")
+    active.check(config)  # the config's own schedule passes
+    with config.unlocked():
+        config.active.schedule = schedule
+    with pytest.raises(ValueError, match="strictly rising"):
+        active.check(config)

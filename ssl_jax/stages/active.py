@@ -235,8 +235,15 @@ def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, di
 def check(config):
     """Refuse bad settings before any stage runs (called by the command line too)."""
     ac = config.active
-    if list(ac.schedule) != sorted(ac.schedule) or not len(ac.schedule):
-        raise ValueError(f"active.schedule must be rising label counts, got {ac.schedule}")
+    counts = list(ac.schedule)
+    if (
+        not counts
+        or counts[0] < 1
+        or any(b <= a for a, b in zip(counts[:-1], counts[1:], strict=True))
+    ):
+        raise ValueError(
+            f"active.schedule must be strictly rising positive label counts, got {ac.schedule}"
+        )
     if ac.train not in ("probe", "finetune", "selftrain"):
         raise ValueError(f"unknown active.train {ac.train!r}: probe, finetune or selftrain")
     if ac.train in ("finetune", "selftrain"):
