@@ -5,6 +5,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ssl_jax.objectives import autoencoder, colorization, patch_position, rbm, rotation
@@ -52,6 +53,31 @@ def test_cd1_gradient_matches_a_hand_computation():
     np.testing.assert_allclose(grads["c"], (hn - hd).mean(0), rtol=1e-5, atol=1e-7)
 
 
+def test_one_gibbs_step_samples_the_exact_transition_distribution():
+    # The negative sample of CD-1: P(v'|v) = sum_h P(h|v) P(v'|h), by hand over
+    # all 4 hidden and 8 visible states, against 40,000 draws of rbm.gibbs.
+    # Weights ×4: strong enough that mean-field hidden units (probabilities
+    # instead of samples) would miss by 3.5 points, over 3 standard errors.
+    p = {**_rbm3x2(), "W": 4 * _rbm3x2()["W"]}
+    W, b, c = (np.asarray(p[k], np.float64) for k in ("W", "b", "c"))
+    sig = lambda x: 1 / (1 + np.exp(-x))
+    v0 = np.array([1.0, 0.0, 1.0])
+    states = [np.array(s) for s in itertools.product([0.0, 1.0], repeat=3)]
+    exact = np.zeros(8)
+    for h in itertools.product([0.0, 1.0], repeat=2):
+        h = np.array(h)
+        ph = np.prod(np.where(h == 1, sig(v0 @ W + c), 1 - sig(v0 @ W + c)))
+        pv = sig(W @ h + b)
+        exact += ph * np.array([np.prod(np.where(s == 1, pv, 1 - pv)) for s in states])
+    n = 40_000
+    keys = jax.random.split(jax.random.PRNGKey(3), n)
+    draws = jax.vmap(lambda k: rbm.gibbs(k, jnp.asarray(v0, jnp.float32)[None], p, 1)[0])(keys)
+    codes = np.asarray(draws) @ np.array([4, 2, 1])
+    freq = np.bincount(codes.astype(int), minlength=8) / n
+    assert abs(exact.sum() - 1) < 1e-12
+    np.testing.assert_allclose(freq, exact, atol=3 * np.sqrt(exact * (1 - exact) / n).max())
+
+
 def test_rbm_layers_train_one_at_a_time_and_stack_into_the_mlp():
     overrides = {"pretrain.steps": 4, "pretrain.optimizer.lr": 0.1}
     config, mesh, model = build("rbm", 1, **overrides)
@@ -73,6 +99,53 @@ def test_rbm_layers_train_one_at_a_time_and_stack_into_the_mlp():
     for k in range(2):
         v = rbm.hidden_probs(v, state.params[f"layer{k}"])
     np.testing.assert_allclose(feats, v, rtol=1e-5, atol=1e-6)
+
+
+def test_rbm_stack_initialises_an_mlp_classifier_that_finetuning_trains():
+    from ssl_jax import optim, transfer
+    from ssl_jax import pp as pp_lib
+    from ssl_jax.models import classifier
+    from ssl_jax.stages import finetune
+
+    config, mesh, model = build("rbm", 1, **{"pretrain.steps": 4, "pretrain.optimizer.lr": 0.1})
+    state, step, batches = model.init_state(0), make_step(model), loader(config, mesh)
+    for _ in range(4):
+        state, _ = step(state, next(batches))
+    backbone = model.objective.backbone_variables(state.params, state.model_state)
+    clf = classifier.build(config, 10)
+    template = transfer.init_state(clf, optax.sgd(0.0), mesh, (8, 8, 1), 0, backbone=backbone)
+    images = jnp.asarray(digits()[0][:5] / 255.0, jnp.float32)
+    variables = {"params": template.params, **template.model_state}
+    features = clf.apply(variables, images, method="features")
+    np.testing.assert_allclose(
+        features, model.objective.encode(state.params, state.model_state, images), rtol=1e-5
+    )
+    # The fine-tuning stage's body phase (every layer trainable) trains the stack.
+    config.finetune.body.optimizer.update(warmup_steps=0, lr=0.05)
+    layers, trainable_from = finetune.phase_layers(config, template.params, "body")
+    tx, lr = optim.make(
+        config.finetune.body.optimizer, 40, 32, layers=layers, trainable_from=trainable_from
+    )
+    ft = template.replace(tx=tx, opt_state=tx.init(template.params))
+    ft_step = finetune.make_step(
+        clf,
+        pp_lib.build(config.pp.eval),
+        lr,
+        mesh,
+        num_classes=10,
+        frozen_backbone=False,
+        stats_frozen={},
+        fc=config.finetune,
+    )
+    config.pretrain.update(batch_size=32, labelled_per_batch=32)
+    batch, losses = next(loader(config, mesh)), []
+    for _ in range(40):  # a 4-step stack starts near its init: features vary little
+        ft, metrics = ft_step(ft, batch)
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    moved, start = jax.device_get(ft.params["backbone"]), jax.device_get(backbone["params"])
+    for k in range(2):
+        assert np.any(moved[f"dense{k}"]["kernel"] != start[f"dense{k}"]["kernel"])
 
 
 def test_persistent_cd_keeps_chains_in_the_state():
@@ -121,6 +194,38 @@ def test_gan_has_two_optimizers_and_draws_samples():
     images = model.eval_fn(jax.random.PRNGKey(0), digits()[0][:4])
     grid = model.objective.visualize(state.params, state.model_state, images, None)["gan_samples"]
     assert grid["samples"].shape == (4, 8, 8, 1) and np.abs(grid["samples"]).max() <= 1
+
+
+def test_gan_stops_naming_the_broken_loss_and_its_own_learning_rates(tmp_path):
+    from ssl_jax import metrics
+    from ssl_jax.checkpoint import Checkpointer
+    from ssl_jax.stages import loop
+
+    # A NaN learning rate for the discriminator: after the first update its
+    # parameters are NaN, so the next step's losses are not finite.
+    config, mesh, model = build("gan", 1, **{"objective.kw.d_lr": float("nan")})
+    ckpt, writer = Checkpointer(str(tmp_path / "ckpt")), metrics.MetricWriter(str(tmp_path))
+    with pytest.raises(loop.NonFiniteLoss) as err:
+        loop.run(
+            model.init_state(0),
+            make_step(model),
+            loader(config, mesh),
+            name="pretrain",
+            steps=4,
+            ckpt=ckpt,
+            writer=writer,
+            log_every=4,
+            ckpt_every=4,
+            images_per_step=1,
+            hint=model.objective.nonfinite_hint,
+        )
+    writer.close()
+    ckpt.close()
+    message = str(err.value)
+    assert message.startswith("non-finite loss at step 2 of pretrain ("), message
+    named = message.split("(")[1].split(")")[0]  # NaN D: both losses go through it
+    assert "d_loss=nan" in named and "g_loss=nan" in named and "lr=nan" in named
+    assert "objective.kw.d_lr" in message and "No checkpoint had been written yet." in message
 
 
 # --------------------------------------------------------------- pretext tasks
@@ -221,23 +326,43 @@ def _colour_images(n=64, size=8, seed=0):
     return (np.asarray(out) * 255).astype(np.uint8)
 
 
-def test_colorization_learns_on_colour_images():
+def _colour_model(num_devices=1, **overrides):
+    """(model, its first batch) for colorization with a small CNN on 8×8 colour images."""
     from ssl_jax import parallel
     from ssl_jax.data.loader import Loader
     from ssl_jax.stages.common import PretrainModel
     from tests.util import tiny_config
 
-    config = tiny_config("unused", "colorization", "cifar10", **{"data.channels": 3})
+    overrides = {"data.channels": 3, "pretrain.steps": 40, **overrides}
+    config = tiny_config("unused", "colorization", "cifar10", **overrides)
     with config.unlocked():
         config.model.name = "cnn"
         config.model.kw = {"dense_dim": 32}
-    config.pretrain.update(steps=40)
     config.pretrain.optimizer.warmup_steps = 0
-    mesh = parallel.make_mesh(1)
+    mesh = parallel.make_mesh(num_devices)
     model = PretrainModel(config, mesh, (8, 8, 3), 10)
+    return model, next(Loader({"image": _colour_images()}, 64, mesh))
+
+
+def test_colorization_one_and_eight_devices_agree():
+    assert len(jax.devices()) == 8
+    runs = []
+    for n in (1, 8):
+        model, batch = _colour_model(n, **{"pretrain.optimizer.name": "sgd"})
+        state, step, losses = model.init_state(0), make_step(model), []
+        for _ in range(2):
+            state, m = step(state, batch)
+            losses.append(float(m["loss"]))
+        runs.append((losses, jax.device_get(state.params)))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(runs[0][1]), jax.tree.leaves(runs[1][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_colorization_learns_on_colour_images():
+    model, batch = _colour_model()
     state = model.init_state(0)
     step = make_step(model)
-    batch = next(Loader({"image": _colour_images()}, 64, mesh))
     losses = []
     for _ in range(40):
         state, m = step(state, batch)

@@ -8,6 +8,7 @@ Each module defines ``Objective(config, *, num_classes=0)`` with:
   after_step(state) -> state             what follows the optimizer (EMA teacher, ...)
   mask_grads(grads, step) -> grads       optional: gradients to hold at zero for now
   optimizer(pretrain_config) -> (tx, lr) optional: its own optimizer (GAN: one per network)
+  nonfinite_hint                         optional: what to change when its loss is not finite
   visualize(params, model_state, images, rng) -> {name: {row: images}}   optional: report grids
   encode(params, model_state, images) -> embeddings   used by evaluators
   backbone_variables(params, model_state) -> {"params": ..., "batch_stats": ...}

@@ -59,6 +59,12 @@ class GAN(nn.Module):
 class Objective(BackboneObjective):
     views = ("view1",)
 
+    # Its two Adams are its own (objective.kw), not pretrain.optimizer's.
+    nonfinite_hint = (
+        "Lower objective.kw.d_lr and objective.kw.g_lr (the GAN's own optimizers; "
+        "pretrain.optimizer is not used)."
+    )
+
     def __init__(self, config, *, num_classes: int = 0):
         del num_classes
         kw = config.objective.kw

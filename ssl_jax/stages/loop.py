@@ -29,6 +29,16 @@ def guard_finite(loss, new_state, old_state):
     return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_state, skipped), finite
 
 
+def _non_finite(step_metrics) -> str:
+    """The step's non-finite metrics as "name=value, ..." (which term broke)."""
+    bad = [
+        f"{k}={float(v)}"
+        for k, v in step_metrics.items()
+        if k != "finite" and np.ndim(v) == 0 and not np.isfinite(v)
+    ]
+    return ", ".join(bad) or "loss not finite"
+
+
 def _maybe_inject_crash(ckpt, name: str, step: int):
     """Fault injection for the resume tests: SIGKILL this process right after the
     checkpoint of step $SSL_JAX_KILL_AFTER_STEP is on disk ("STEP" for any loop,
@@ -74,7 +84,9 @@ def run(
                 fetched = jax.device_get(pending)
                 pending = []
                 if not all(m["finite"] for m in fetched):
-                    bad = step - len(fetched) + [bool(m["finite"]) for m in fetched].index(False)
+                    first = [bool(m["finite"]) for m in fetched].index(False)
+                    bad = step - len(fetched) + first
+                    which = _non_finite(fetched[first])
                     latest = ckpt.latest_step()
                     kept = (
                         f"The last good checkpoint (step {latest}) is kept in {ckpt.directory}."
@@ -82,7 +94,7 @@ def run(
                         else "No checkpoint had been written yet."
                     )
                     raise NonFiniteLoss(
-                        f"non-finite loss at step {bad + 1} of {name}; stopped. {kept}"
+                        f"non-finite loss at step {bad + 1} of {name} ({which}); stopped. {kept}"
                         + (f" {hint}" if hint else "")
                     )
                 last = {

@@ -104,7 +104,11 @@ def run(config, workdir: str, mesh) -> dict:
             images_per_step=pc.batch_size * len(model.objective.views),
             eval_every=pc.eval_every,
             evaluate=evaluate,
-            hint="Lower pretrain.optimizer.lr or set pretrain.optimizer.grad_clip.",
+            hint=getattr(
+                model.objective,
+                "nonfinite_hint",
+                "Lower pretrain.optimizer.lr or set pretrain.optimizer.grad_clip.",
+            ),
         )
     finally:
         writer.close()
