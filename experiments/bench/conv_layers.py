@@ -1,0 +1,147 @@
+"""The ResNet-18 step's 3×3 convolutions one layer at a time: XLA's convolution
+(the Eigen path ssl_jax compiles with) against the same work as matmuls.
+
+  .venv/bin/python experiments/bench/conv_layers.py                 # batch 512, 5 repeats
+  .venv/bin/python experiments/bench/conv_layers.py --toy           # checks it runs
+
+For each stage's shape (batch 512 = two views of 256, CIFAR stem) it times the
+forward convolution, the gradient with respect to the input (dX) and to the
+weights (dW), each as
+
+  xla     lax.conv_general_dilated and its autodiff (what the step runs);
+  shift   9 matmuls, one per kernel tap, over shifted views of the input;
+  im2col  one matmul over the 9 taps concatenated along channels;
+
+and, apart, the layout transpose XLA inserts before each weight-gradient
+convolution (batch moved to the feature dimension) against a plain copy of the
+same array. All variants of a pass run in turn (A B C A B C ...) in one
+process; medians of ``--repeats``; "speed vs first" is the first variant's
+time (xla; copy for the layout rows) over this one's. Every variant's result
+is checked against ``xla``'s (max error relative to its largest entry).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.bench.jax_side import EIGEN_CONV  # noqa: E402
+
+# (height = width, channels in = out) of ResNet-18's stages on 32×32 inputs.
+STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN)
+
+
+def _taps(x):
+    """The 9 views of ``x`` (zero-padded by 1) that a 3×3 kernel's taps read."""
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return [xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)]
+
+
+def _im2col(x):
+    return jnp.concatenate(_taps(x), -1)  # [B, H, W, 9C]
+
+
+VARIANTS = {
+    "fwd": {
+        "xla": lambda x, w, dy: conv(x, w),
+        "shift": lambda x, w, dy: sum(
+            t @ k for t, k in zip(_taps(x), w.reshape(9, *w.shape[2:]), strict=True)
+        ),
+        "im2col": lambda x, w, dy: _im2col(x) @ w.reshape(-1, w.shape[-1]),
+    },
+    "dX": {
+        "xla": lambda x, w, dy: jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0],
+        # conv(dY, W flipped in space with in/out swapped)
+        "shift": lambda x, w, dy: sum(
+            t @ k
+            for t, k in zip(
+                _taps(dy),
+                jnp.flip(w, (0, 1)).swapaxes(2, 3).reshape(9, w.shape[3], -1),
+                strict=True,
+            )
+        ),
+    },
+    "dW": {
+        "xla": lambda x, w, dy: jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0],
+        "shift": lambda x, w, dy: jnp.stack(
+            [jnp.einsum("bhwc,bhwd->cd", t, dy) for t in _taps(x)]
+        ).reshape(w.shape),
+        "im2col": lambda x, w, dy: jnp.einsum("bhwk,bhwd->kd", _im2col(x), dy).reshape(w.shape),
+    },
+    "layout": {
+        "copy": lambda x, w, dy: x * 2.0,
+        "transpose": lambda x, w, dy: x.transpose(3, 1, 2, 0),
+    },
+}
+
+
+def _time_in_turn(fns, args, repeats):
+    exes = [jax.jit(f).lower(*args).compile(compiler_options=EIGEN_CONV) for f in fns]
+    outs = [np.asarray(jax.block_until_ready(e(*args))) for e in exes]  # warm-up
+    times = [[] for _ in exes]
+    for _ in range(repeats):
+        for e, t in zip(exes, times, strict=True):
+            t0 = time.perf_counter()
+            jax.block_until_ready(e(*args))
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times], outs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--toy", action="store_true", help="batch 2, 1 repeat, channels / 16")
+    args = ap.parse_args(argv)
+    batch, repeats, shrink = (2, 1, 16) if args.toy else (args.batch, args.repeats, 1)
+    rows = []
+    print("| layer | pass | variant | ms | GFLOP/s | speed vs first | max rel. error |")
+    print("|---|---|---|---|---|---|---|")
+    for size, ch in STAGES:
+        ch //= shrink
+        k = jax.random.split(jax.random.PRNGKey(0), 3)
+        x = jax.random.normal(k[0], (batch, size, size, ch))
+        w = jax.random.normal(k[1], (3, 3, ch, ch)) * (2.0 / (9 * ch)) ** 0.5
+        dy = jax.random.normal(k[2], (batch, size, size, ch))
+        flops = 2 * batch * size * size * 9 * ch * ch
+        layer = f"{batch}×{size}×{size}×{ch}"
+        for pass_, variants in VARIANTS.items():
+            names = list(variants)
+            med, outs = _time_in_turn([variants[n] for n in names], (x, w, dy), repeats)
+            for name, m, out in zip(names, med, outs, strict=True):
+                err = (
+                    float(np.abs(out - outs[0]).max() / np.abs(outs[0]).max())
+                    if pass_ != "layout"
+                    else float("nan")
+                )
+                row = {"layer": layer, "pass": pass_, "variant": name, "ms": m * 1e3}
+                row.update(ratio=med[0] / m, error=err)
+                row["gflops"] = flops / m / 1e9 if pass_ != "layout" else float("nan")
+                rows.append(row)
+                gf = f"{row['gflops']:.0f}" if pass_ != "layout" else ""
+                e = f"{err:.1e}" if pass_ != "layout" else ""
+                print(
+                    f"| {layer} | {pass_} | {name} | {row['ms']:.0f} | {gf} | "
+                    f"{row['ratio']:.2f}× | {e} |",
+                    flush=True,
+                )
+    print(f"\njax {jax.__version__}, {jax.devices()[0].platform}, batch {batch}, {repeats} repeats")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
