@@ -128,6 +128,9 @@ def base_config() -> mlc.ConfigDict:
     c.selftrain.pseudo_labels = "current"  # current (this step's model) | snapshot | ema
     c.selftrain.refresh_every = 100  # snapshot: copied from the model every N steps
     c.selftrain.ema_decay = 0.0  # > 0: evaluate (and keep as best) a moving average of the params
+    # Rescale pseudo-label probabilities by labelled prior / running mean prediction.
+    c.selftrain.distribution_alignment = False
+    c.selftrain.alignment_momentum = 0.99  # of the running mean prediction over the pool
     c.selftrain.unlabelled_weight = 1.0  # lambda_u, reached after the ramp
     c.selftrain.ramp = "linear"  # linear | sigmoid | none
     c.selftrain.ramp_steps = 200

@@ -150,6 +150,10 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
             "--config.stages=('pretrain','selftrain') --config.selftrain.bn_joint=True",
             "bn_joint needs selftrain.bn_train=True",
         ),
+        (
+            "--config.stages=('pretrain','selftrain') --config.selftrain.alignment_momentum=1.0",
+            "alignment_momentum must be in [0, 1)",
+        ),
     ],
 )
 def test_bad_override_is_one_clear_error(override, message, tmp_path):

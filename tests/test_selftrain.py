@@ -55,20 +55,23 @@ def _setup(**selftrain_overrides):
     mesh = parallel.make_mesh(1)
     model = classifier.build(config, 10)
     tx, lr = optim.make(sc.optimizer, 10, 64)
+    images, targets = digits()
+    labels = LabelStore.choose(targets, per_class=5).label_array()
+    prior = selftrain.label_prior(labels, 10)
     variables = None
-    if sc.pseudo_labels == "snapshot" or sc.ema_decay:
+    if sc.pseudo_labels == "snapshot" or sc.ema_decay or sc.distribution_alignment:
         fresh = transfer.init_state(model, tx, mesh, (8, 8, 1), 0)
         variables = {"params": fresh.params, **fresh.model_state}
         if sc.pseudo_labels == "snapshot":
             variables["snapshot"] = fresh.params
         if sc.ema_decay:
             variables["ema"] = fresh.params
+        if sc.distribution_alignment:
+            variables["alignment"] = jnp.asarray(prior)
     state = transfer.init_state(model, tx, mesh, (8, 8, 1), 0, variables=variables)
     step = selftrain.make_step(
-        model, pp_lib.build(config.pp.weak), pp_lib.build(config.pp.strong), lr, mesh, sc
+        model, pp_lib.build(config.pp.weak), pp_lib.build(config.pp.strong), lr, mesh, sc, prior
     )
-    images, targets = digits()
-    labels = LabelStore.choose(targets, per_class=5).label_array()
     batches = Loader(
         {"image": images, "label": labels},
         64,
@@ -212,3 +215,49 @@ def test_joint_batchnorm_takes_statistics_over_labelled_and_strong_views():
     state, step, _ = _setup(threshold=1.0, unlabelled_weight=0.0, bn_train=True, bn_joint=True)
     _, other, _ = _params_after(state, step, _other_unlabelled_rows(batch))
     assert _any_differ(other["batch_stats"], stats["batch_stats"])
+
+
+def test_alignment_rescales_by_prior_over_running_mean():
+    probs = jnp.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
+    uniform = jnp.full(3, 1 / 3)
+    # Where the running mean is the prior, nothing changes.
+    np.testing.assert_allclose(selftrain.align(probs, uniform, uniform), probs, rtol=1e-6)
+    # A model that over-predicts class 0 has class 0 scaled down, rows still sum to 1.
+    running = jnp.array([0.5, 0.3, 0.2])
+    q = np.asarray(selftrain.align(probs, uniform, running))
+    expected = np.asarray(probs) / np.asarray(running)
+    np.testing.assert_allclose(q, expected / expected.sum(1, keepdims=True), rtol=1e-6)
+    assert q[0, 0] < 0.6 and np.allclose(q.sum(1), 1.0)
+    # The aligned probabilities are what the threshold sees: 0.6 no longer passes 0.45.
+    logits = jnp.log(probs)
+    assert bool(selftrain.pseudo_labels(logits, 0.45)[1][0])
+    assert not bool(selftrain.pseudo_labels(logits, 0.45, uniform, running)[1][0])
+    # The prior: labelled classes counted (-1 is unlabelled), add-one smoothed.
+    np.testing.assert_allclose(
+        selftrain.label_prior(np.array([-1, 0, 0, 1, -1]), 3), [3 / 6, 2 / 6, 1 / 6]
+    )
+
+
+def test_alignment_tracks_the_mean_prediction_and_moves_pseudo_labels():
+    plain, step_plain, batch = _setup(threshold=0.0)
+    state, step, _ = _setup(threshold=0.0, distribution_alignment=True, alignment_momentum=0.5)
+    start = jax.device_get(state)
+    prior = np.asarray(start.model_state["alignment"])
+    state, _ = step(state, batch)
+    plain, _ = step_plain(plain, batch)
+    # Starting at the prior, the rescaling is the identity: the same step as without it.
+    _assert_trees_close(state.params, plain.params, rtol=1e-6, atol=1e-7)
+    # The running mean moved halfway to the teacher's mean prediction on the weak views.
+    _, k_uw, _ = jax.random.split(jax.random.fold_in(start.rng, start.step), 3)
+    x_u = pp_lib.build(TINY_VIEW)(k_uw, jnp.asarray(batch["image"])[:48])
+    model = classifier.build(tiny_config("unused"), 10)
+    ms = selftrain.model_variables(start.model_state)
+    logits = model.apply({"params": start.params, **ms}, x_u)
+    expected = 0.5 * prior + 0.5 * np.asarray(jax.nn.softmax(logits)).mean(0)
+    np.testing.assert_allclose(state.model_state["alignment"], expected, rtol=1e-5, atol=1e-7)
+    # A running mean far from the prior changes the pseudo-labels, hence the step.
+    state, step, _ = _setup(threshold=0.0, distribution_alignment=True)
+    skewed = jnp.asarray([0.91] + [0.01] * 9)
+    state = state.replace(model_state={**state.model_state, "alignment": skewed})
+    plain, step_plain, _ = _setup(threshold=0.0)
+    assert _any_differ(step(state, batch)[0].params, step_plain(plain, batch)[0].params)

@@ -35,6 +35,20 @@ model by val accuracy is kept and its test accuracy reported. With
 ``ema_decay`` = d > 0 the stage also keeps theta_ema <- d theta_ema + (1 - d) theta
 after every step (FixMatch evaluates this average, d = 0.999), and the average
 is what is evaluated, kept as the best model and reported.
+
+With ``distribution_alignment`` (ReMixMatch's, Berthelot et al., 2020,
+https://arxiv.org/abs/1911.09785) the teacher's weak-view probabilities are
+rescaled before the threshold and the argmax:
+
+    q_j <- normalise(q_j * prior / running)
+
+``prior`` is the class distribution of the labelled items (add-one smoothed,
+so no class is ever ruled out) and ``running`` the moving average of the
+teacher's mean prediction over the pool, running <- m running + (1 - m) mean_j q_j
+(m = ``alignment_momentum``; it starts at the prior, where the rescaling is the
+identity). A model that over-predicts some classes, the usual failure with a
+handful of labels, has those classes' pseudo-labels scaled down until its
+predictions over the pool match the labelled marginal.
 """
 
 import os
@@ -42,6 +56,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssl_jax import checkpoint, metrics, optim, parallel, transfer
 from ssl_jax import pp as pp_lib
@@ -52,7 +67,8 @@ from ssl_jax.stages import common, loop
 STAGE = "selftrain"
 SNAPSHOT = "snapshot"
 EMA = "ema"
-AUX = (SNAPSHOT, EMA)  # parameter copies kept in model_state, not model variables
+ALIGN = "alignment"  # the running mean prediction of distribution alignment
+AUX = (SNAPSHOT, EMA, ALIGN)  # kept in model_state, but not model variables
 
 
 def model_variables(model_state) -> dict:
@@ -86,9 +102,25 @@ def ramp(sc, step):
     return sc.unlabelled_weight * frac
 
 
-def pseudo_labels(logits, threshold: float):
-    """(argmax labels, mask of items whose softmax confidence reaches ``threshold``, confidence)."""
+def align(probs, prior, running):
+    """Distribution alignment: ``probs`` rescaled by prior / running, rows renormalised."""
+    q = probs * (prior / running)
+    return q / jnp.sum(q, axis=-1, keepdims=True)
+
+
+def label_prior(labels, num_classes: int):
+    """Add-one smoothed class distribution of the labelled items (label -1: unlabelled)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float32)
+    return (counts + 1.0) / (counts.sum() + num_classes)
+
+
+def pseudo_labels(logits, threshold: float, prior=None, running=None):
+    """(argmax labels, mask of items whose confidence reaches ``threshold``, confidence),
+    from the softmax of ``logits``, aligned to ``prior`` when it is given."""
     probs = jax.nn.softmax(logits)
+    if prior is not None:
+        probs = align(probs, prior, running)
     conf = jnp.max(probs, axis=-1)
     return jnp.argmax(probs, axis=-1), conf >= threshold, conf
 
@@ -105,7 +137,12 @@ def xent(logits, labels):
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
 
 
-def make_step(model, weak, strong, lr, mesh, sc):
+def make_step(model, weak, strong, lr, mesh, sc, prior=None):
+    """The jitted step; ``prior`` (class distribution of the labelled items) is
+    needed with ``sc.distribution_alignment``."""
+    if sc.distribution_alignment and prior is None:
+        raise ValueError("selftrain.distribution_alignment needs the labelled class prior")
+    prior = jnp.asarray(prior, jnp.float32) if sc.distribution_alignment else None
     n_l = sc.labelled_batch  # global batch sizes, like every stage's
     n_u = n_l * sc.unlabelled_ratio
 
@@ -119,7 +156,8 @@ def make_step(model, weak, strong, lr, mesh, sc):
         ms = model_variables(state.model_state)
         teacher = teacher_params(state, sc.pseudo_labels)
         logits_w = jax.lax.stop_gradient(model.apply({"params": teacher, **ms}, xu_weak))
-        pl, mask, conf = pseudo_labels(logits_w, sc.threshold)
+        running = state.model_state.get(ALIGN)
+        pl, mask, conf = pseudo_labels(logits_w, sc.threshold, prior, running)
         lambda_u = ramp(sc, state.step)
 
         def loss_fn(params):
@@ -167,6 +205,11 @@ def make_step(model, weak, strong, lr, mesh, sc):
                 lambda e, p: d * e + (1.0 - d) * p, state.model_state[EMA], new.params
             )
             new = new.replace(model_state={**new.model_state, EMA: ema})
+        if ALIGN in state.model_state:
+            m = sc.alignment_momentum
+            mean_q = jnp.mean(jax.nn.softmax(logits_w), axis=0)
+            running = m * running + (1.0 - m) * mean_q
+            new = new.replace(model_state={**new.model_state, ALIGN: running})
         new, finite = loop.guard_finite(loss, new, state)
         out = {
             "loss": loss,
@@ -236,6 +279,10 @@ def check(config):
         raise ValueError(f"unknown selftrain.ramp {sc.ramp!r}: linear, sigmoid or none")
     if sc.init not in ("finetune", "pretrain"):
         raise ValueError(f"unknown selftrain.init {sc.init!r}: finetune or pretrain")
+    if not 0.0 <= sc.alignment_momentum < 1.0:
+        raise ValueError(
+            f"selftrain.alignment_momentum must be in [0, 1), got {sc.alignment_momentum}"
+        )
     if sc.bn_joint and not sc.bn_train:
         raise ValueError("selftrain.bn_joint needs selftrain.bn_train=True (batch statistics)")
 
@@ -258,9 +305,12 @@ def run(config, workdir: str, mesh) -> dict:
         variables[SNAPSHOT] = variables["params"]
     if sc.ema_decay:
         variables[EMA] = variables["params"]
+    labels = store.label_array()
+    prior = label_prior(labels, ds.num_classes)
+    if sc.distribution_alignment:
+        variables[ALIGN] = jnp.asarray(prior)
     tx, lr = optim.make(sc.optimizer, sc.steps, sc.labelled_batch * (1 + sc.unlabelled_ratio))
     state = transfer.init_state(model, tx, mesh, shape, config.seed, variables=variables)
-    labels = store.label_array()
     loader = Loader(
         {"image": pool.images, "label": labels},
         sc.labelled_batch * (1 + sc.unlabelled_ratio),
@@ -296,7 +346,7 @@ def run(config, workdir: str, mesh) -> dict:
     try:
         state, last = loop.run(
             state,
-            make_step(model, weak, strong, lr, mesh, sc),
+            make_step(model, weak, strong, lr, mesh, sc, prior),
             loader,
             name=STAGE,
             steps=sc.steps,
