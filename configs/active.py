@@ -12,7 +12,8 @@ through ``active.schedule`` (see ssl_jax/stages/active.py).
 
 Variants: mnist (10 → 1,000 labels, linear probe on frozen features),
 mnist_human (a person labels 20, 40, 60 images through queries.csv),
-mnist_cold10 (10 TypiClust labels, then fine-tuning and self-training),
+mnist_cold10 (10 TypiClust labels, then fine-tuning and self-training with
+distribution alignment),
 cifar10 (ResNet-18, fine-tuning each round).
 """
 
@@ -37,6 +38,10 @@ def get_config(arg: str | None = None):
     elif variant == "mnist_cold10":
         c.active.schedule = (10,)
         c.active.train = "selftrain"
+        # With 10 picks a class can be missed or doubled; alignment to the labelled
+        # prior kept the pseudo-labels from collapsing into one class
+        # (experiments/active_mnist.md: 69.2% -> 85.9% on seed 1).
+        c.selftrain.distribution_alignment = True
     elif variant == "cifar10":
         c.active.schedule = (10, 50, 100, 250, 500)
         c.active.train = "finetune"
