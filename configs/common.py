@@ -167,6 +167,7 @@ def base_config() -> mlc.ConfigDict:
     c.active.mc_passes = 10  # bald: MC dropout passes on the classifier's input features
     c.active.mc_dropout = 0.5
     c.active.max_clusters = 500  # typiclust
+    c.active.kmeans_restarts = 1  # typiclust: k-means runs, the lowest-inertia one is used
     c.active.knn = 20  # typiclust: neighbours for typicality
     c.active.probcover_delta = 0.0  # 0: chosen by cluster purity
     c.active.probcover_purity = 0.95

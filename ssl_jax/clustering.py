@@ -12,6 +12,9 @@ also choose the cold-start set before any label exists.
   or chosen items (the largest on ties) and choose its most typical unlabelled
   item, typicality(x) = 1 / mean distance to its ``knn`` nearest neighbours in
   the cluster.
+  ``restarts`` > 1 runs k-means that many times and keeps the clustering of
+  lowest inertia (a single k-means++ run can split one class and merge two:
+  experiments/active_mnist.md, cold start).
 * ProbCover ("Active Learning Through a Covering Lens", Yehuda et al., 2022,
   https://arxiv.org/abs/2205.11320): connect items closer than delta; B times,
   choose the item whose delta-ball covers the most items not yet covered (by
@@ -96,12 +99,26 @@ def typicality(x: np.ndarray, knn: int) -> np.ndarray:
     return 1.0 / (nearest.mean(1) + 1e-12)
 
 
-def select_typiclust(pool, budget, key, mesh=None, max_clusters=500, knn=20, iters=20):
+def kmeans_best(x, key, *, k: int, restarts: int = 1, iters: int = 20, chunk: int = 4096):
+    """The assignment [N] of the lowest-inertia clustering among ``restarts``
+    k-means runs (each its own k-means++ initialisation)."""
+    if restarts < 1:
+        raise ValueError(f"k-means restarts must be >= 1, got {restarts}")
+    best, best_inertia = None, np.inf
+    for r in range(restarts):
+        k_r = key if r == 0 else jax.random.fold_in(key, r)  # restarts=1: the plain k-means
+        centroids, assign = kmeans(x, k_r, k=k, iters=iters, chunk=chunk)
+        inertia = float(jnp.sum(_assign_blocks(x, centroids, chunk)[1]))
+        if inertia < best_inertia:
+            best, best_inertia = assign, inertia
+    return np.asarray(best)
+
+
+def select_typiclust(pool, budget, key, mesh=None, max_clusters=500, knn=20, iters=20, restarts=1):
     _check(pool, budget)
     x = np.asarray(_need(pool, "embeddings", "typiclust"), np.float32)
     k = int(min(pool.labelled.sum() + budget, max_clusters, len(x)))
-    _, assign = kmeans(jnp.asarray(x), key, k=k, iters=iters)
-    assign = np.asarray(assign)
+    assign = kmeans_best(jnp.asarray(x), key, k=k, restarts=restarts, iters=iters)
     sizes = np.bincount(assign, minlength=k)
     covered = np.bincount(assign[pool.labelled], minlength=k)
     taken = pool.labelled.copy()

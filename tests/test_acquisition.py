@@ -181,6 +181,28 @@ def test_kmeans_recovers_separated_clusters():
     assert all(len(set(row)) == 1 for row in assign) and len({row[0] for row in assign}) == 4
 
 
+def test_kmeans_restarts_keep_the_lowest_inertia_run():
+    import jax.numpy as jnp
+
+    # Nine blobs on a grid: a single k-means++ run often leaves two centres in
+    # one blob and merges two others; the best of several runs does not.
+    grid = [[3 * i, 3 * j] for i in range(3) for j in range(3)]
+    x = jnp.asarray(_blobs(grid, 40, 0.3))
+
+    def recovered(assign):
+        rows = np.asarray(assign).reshape(9, 40)
+        return all(len(set(r)) == 1 for r in rows) and len({r[0] for r in rows}) == 9
+
+    keys = [jax.random.PRNGKey(k) for k in range(10)]
+    single = [clustering.kmeans_best(x, key, k=9, restarts=1, iters=10) for key in keys]
+    for key, assign in zip(keys, single, strict=True):  # one run is the plain k-means of that key
+        np.testing.assert_array_equal(assign, clustering.kmeans(x, key, k=9, iters=10)[1])
+    assert not all(recovered(a) for a in single)
+    assert all(recovered(clustering.kmeans_best(x, key, k=9, restarts=8, iters=10)) for key in keys)
+    with pytest.raises(ValueError, match="restarts"):
+        clustering.kmeans_best(x, keys[0], k=9, restarts=0)
+
+
 @pytest.mark.parametrize("budget", [1, 5, 40, 99, 100])
 def test_top_unlabelled_equals_a_full_stable_sort_with_ties(budget):
     rng = np.random.default_rng(budget)

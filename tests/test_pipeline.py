@@ -154,6 +154,10 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
             "--config.stages=('pretrain','selftrain') --config.selftrain.alignment_momentum=1.0",
             "alignment_momentum must be in [0, 1)",
         ),
+        (
+            "--config.stages=('pretrain','active') --config.active.kmeans_restarts=0",
+            "kmeans_restarts must be >= 1",
+        ),
     ],
 )
 def test_bad_override_is_one_clear_error(override, message, tmp_path):

@@ -97,7 +97,7 @@ def pool_state(model: dict, store: LabelStore, feats: dict, config, key) -> acqu
 def _options(config, strategy):
     ac = config.active
     if strategy == "typiclust":
-        return {"max_clusters": ac.max_clusters, "knn": ac.knn}
+        return {"max_clusters": ac.max_clusters, "knn": ac.knn, "restarts": ac.kmeans_restarts}
     if strategy == "probcover":
         return {"delta": ac.probcover_delta, "purity": ac.probcover_purity}
     return {}
@@ -244,6 +244,8 @@ def check(config):
         raise ValueError(
             f"active.schedule must be strictly rising positive label counts, got {ac.schedule}"
         )
+    if ac.kmeans_restarts < 1:
+        raise ValueError(f"active.kmeans_restarts must be >= 1, got {ac.kmeans_restarts}")
     if ac.train not in ("probe", "finetune", "selftrain"):
         raise ValueError(f"unknown active.train {ac.train!r}: probe, finetune or selftrain")
     if ac.train in ("finetune", "selftrain"):
