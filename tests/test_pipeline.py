@@ -155,6 +155,10 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
             "alignment_momentum must be in [0, 1)",
         ),
         (
+            "--config.stages=('selftrain',) --config.selftrain.class_threshold_momentum=-1",
+            "class_threshold_momentum must be in [0, 1)",
+        ),
+        (
             "--config.stages=('pretrain','active') --config.active.kmeans_restarts=0",
             "kmeans_restarts must be >= 1",
         ),

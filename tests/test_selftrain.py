@@ -59,7 +59,12 @@ def _setup(**selftrain_overrides):
     labels = LabelStore.choose(targets, per_class=5).label_array()
     prior = selftrain.label_prior(labels, 10)
     variables = None
-    if sc.pseudo_labels == "snapshot" or sc.ema_decay or sc.distribution_alignment:
+    if (
+        sc.pseudo_labels == "snapshot"
+        or sc.ema_decay
+        or sc.distribution_alignment
+        or sc.class_thresholds
+    ):
         fresh = transfer.init_state(model, tx, mesh, (8, 8, 1), 0)
         variables = {"params": fresh.params, **fresh.model_state}
         if sc.pseudo_labels == "snapshot":
@@ -68,6 +73,8 @@ def _setup(**selftrain_overrides):
             variables["ema"] = fresh.params
         if sc.distribution_alignment:
             variables["alignment"] = jnp.asarray(prior)
+        if sc.class_thresholds:
+            variables["learning"] = jnp.zeros(11).at[-1].set(1.0)
     state = transfer.init_state(model, tx, mesh, (8, 8, 1), 0, variables=variables)
     step = selftrain.make_step(
         model, pp_lib.build(config.pp.weak), pp_lib.build(config.pp.strong), lr, mesh, sc, prior
@@ -261,3 +268,50 @@ def test_alignment_tracks_the_mean_prediction_and_moves_pseudo_labels():
     state = state.replace(model_state={**state.model_state, "alignment": skewed})
     plain, step_plain, _ = _setup(threshold=0.0)
     assert _any_differ(step(state, batch)[0].params, step_plain(plain, batch)[0].params)
+
+
+def test_class_thresholds_scale_with_each_class_learning_status():
+    # sigma = (0.5, 0.25, 0), unused 0.25: beta = (1, 0.5, 0), M(beta) = (1, 1/3, 0).
+    thr = np.asarray(selftrain.class_thresholds(0.9, jnp.array([0.5, 0.25, 0.0, 0.25])))
+    np.testing.assert_allclose(thr, [0.9, 0.3, 0.0], rtol=1e-6)
+    # Warm-up: while most items are unused, every class sits below the threshold.
+    warm = np.asarray(selftrain.class_thresholds(0.9, jnp.array([0.1, 0.05, 0.0, 0.85])))
+    assert (warm < 0.9).all() and warm[0] > warm[1] > warm[2] == 0.0
+    # Each item is held to its own predicted class's threshold.
+    probs = np.array([[0.85, 0.1, 0.05], [0.1, 0.35, 0.55], [0.25, 0.4, 0.35], [0.3, 0.2, 0.5]])
+    label, mask, _ = selftrain.pseudo_labels(jnp.log(jnp.asarray(probs)), jnp.asarray(thr))
+    np.testing.assert_array_equal(label, [0, 2, 1, 2])
+    np.testing.assert_array_equal(mask, [False, True, True, True])
+    # The batch's shares: confident per predicted class, the rest unused; they sum to 1.
+    conf = jnp.array([0.99, 0.97, 0.5, 0.96, 0.2])
+    rates = selftrain.learning_rates(jnp.array([0, 0, 1, 2, 2]), conf, 0.95, 3)
+    np.testing.assert_allclose(rates, [0.4, 0.0, 0.2, 0.4], rtol=1e-6)
+
+
+def test_class_thresholds_start_open_and_track_the_confident_shares():
+    state, step, batch = _setup(threshold=0.5, class_thresholds=True, class_threshold_momentum=0.5)
+    # A random head (the built one is zero): some pool items confident, some not.
+    head = jax.random.normal(jax.random.PRNGKey(1), (256, 10)) * 10.0
+    params = {**state.params, "head": {"fc": {**state.params["head"]["fc"], "kernel": head}}}
+    state = state.replace(params=params)
+    start = jax.device_get(state)
+    state, metrics = step(state, batch)
+    # Nothing learnt yet: every threshold is 0, so every pool item is pseudo-labelled.
+    assert float(metrics["min_threshold"]) == 0.0 and float(metrics["mask_rate"]) == 1.0
+    # The running shares moved halfway to this batch's, from the teacher's weak views.
+    _, k_uw, _ = jax.random.split(jax.random.fold_in(start.rng, start.step), 3)
+    x_u = pp_lib.build(TINY_VIEW)(k_uw, jnp.asarray(batch["image"])[:48])
+    model = classifier.build(tiny_config("unused"), 10)
+    ms = selftrain.model_variables(start.model_state)
+    p = np.asarray(jax.nn.softmax(model.apply({"params": start.params, **ms}, x_u)))
+    confident = p.max(1) > 0.5
+    assert 0 < confident.mean() < 1 and len(set(p.argmax(1)[confident])) > 1
+    shares = np.bincount(p.argmax(1)[confident], minlength=10) / len(p)
+    expected = 0.5 * np.eye(11)[-1] + 0.5 * np.append(shares, 1 - confident.mean())
+    learning = np.asarray(state.model_state["learning"])
+    np.testing.assert_allclose(learning, expected, rtol=1e-5, atol=1e-7)
+    assert np.isclose(learning.sum(), 1.0)
+    # Without class thresholds the same step masks by the fixed 0.5.
+    plain, step_plain, _ = _setup(threshold=0.5)
+    _, plain_metrics = step_plain(plain.replace(params=params), batch)
+    np.testing.assert_allclose(float(plain_metrics["mask_rate"]), confident.mean(), rtol=1e-6)

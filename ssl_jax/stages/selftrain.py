@@ -49,6 +49,21 @@ teacher's mean prediction over the pool, running <- m running + (1 - m) mean_j q
 identity). A model that over-predicts some classes, the usual failure with a
 handful of labels, has those classes' pseudo-labels scaled down until its
 predictions over the pool match the labelled marginal.
+
+With ``class_thresholds`` (FlexMatch's curriculum pseudo-labelling, Zhang et
+al., 2021, https://arxiv.org/abs/2110.08263) each class c gets its own
+threshold from how well it is learnt so far:
+
+    sigma_c = share of pool items predicted c with confidence > threshold
+    beta_c  = sigma_c / max(max_k sigma_k, unused)     unused = 1 - sum_k sigma_k
+    threshold_c = threshold * beta_c / (2 - beta_c)
+
+so the class predicted confidently most often keeps ``threshold`` and a class
+the model is still unsure of passes more of its pseudo-labels (its threshold
+falls). FlexMatch counts sigma over each pool item's latest prediction; here it
+is a moving average over the steps' unlabelled batches (momentum
+``class_threshold_momentum``), starting from "nothing learnt yet" (unused = 1:
+every threshold 0, FlexMatch's warm-up, rising as the model grows confident).
 """
 
 import os
@@ -68,7 +83,8 @@ STAGE = "selftrain"
 SNAPSHOT = "snapshot"
 EMA = "ema"
 ALIGN = "alignment"  # the running mean prediction of distribution alignment
-AUX = (SNAPSHOT, EMA, ALIGN)  # kept in model_state, but not model variables
+LEARNING = "learning"  # class thresholds: running (sigma_1..sigma_C, unused)
+AUX = (SNAPSHOT, EMA, ALIGN, LEARNING)  # kept in model_state, but not model variables
 
 
 def model_variables(model_state) -> dict:
@@ -115,14 +131,32 @@ def label_prior(labels, num_classes: int):
     return (counts + 1.0) / (counts.sum() + num_classes)
 
 
-def pseudo_labels(logits, threshold: float, prior=None, running=None):
-    """(argmax labels, mask of items whose confidence reaches ``threshold``, confidence),
-    from the softmax of ``logits``, aligned to ``prior`` when it is given."""
+def pseudo_labels(logits, threshold, prior=None, running=None):
+    """(argmax labels, mask of items whose confidence reaches the threshold, confidence),
+    from the softmax of ``logits``, aligned to ``prior`` when it is given.
+    ``threshold``: one for every class, or a [C] array (the label's entry applies)."""
     probs = jax.nn.softmax(logits)
     if prior is not None:
         probs = align(probs, prior, running)
     conf = jnp.max(probs, axis=-1)
-    return jnp.argmax(probs, axis=-1), conf >= threshold, conf
+    label = jnp.argmax(probs, axis=-1)
+    threshold = jnp.asarray(threshold)
+    return label, conf >= (threshold[label] if threshold.ndim else threshold), conf
+
+
+def class_thresholds(threshold: float, learning):
+    """FlexMatch's per-class thresholds from ``learning`` = (sigma_1..sigma_C, unused)."""
+    sigma, unused = learning[:-1], learning[-1]
+    beta = sigma / jnp.maximum(jnp.maximum(jnp.max(sigma), unused), 1e-12)
+    return threshold * beta / (2.0 - beta)
+
+
+def learning_rates(label, conf, threshold: float, num_classes: int):
+    """This batch's (share predicted c with confidence > threshold for each c, share of
+    the rest): what ``class_thresholds``' running average follows; sums to 1."""
+    confident = (conf > threshold).astype(jnp.float32)
+    sigma = jnp.mean(jax.nn.one_hot(label, num_classes) * confident[:, None], axis=0)
+    return jnp.concatenate([sigma, (1.0 - jnp.mean(confident))[None]])
 
 
 def certainty_weights(logits, temperature: float):
@@ -157,7 +191,9 @@ def make_step(model, weak, strong, lr, mesh, sc, prior=None):
         teacher = teacher_params(state, sc.pseudo_labels)
         logits_w = jax.lax.stop_gradient(model.apply({"params": teacher, **ms}, xu_weak))
         running = state.model_state.get(ALIGN)
-        pl, mask, conf = pseudo_labels(logits_w, sc.threshold, prior, running)
+        learning = state.model_state.get(LEARNING)
+        threshold = sc.threshold if learning is None else class_thresholds(sc.threshold, learning)
+        pl, mask, conf = pseudo_labels(logits_w, threshold, prior, running)
         lambda_u = ramp(sc, state.step)
 
         def loss_fn(params):
@@ -210,12 +246,19 @@ def make_step(model, weak, strong, lr, mesh, sc, prior=None):
             mean_q = jnp.mean(jax.nn.softmax(logits_w), axis=0)
             running = m * running + (1.0 - m) * mean_q
             new = new.replace(model_state={**new.model_state, ALIGN: running})
+        if learning is not None:
+            m = sc.class_threshold_momentum
+            rates = learning_rates(pl, conf, sc.threshold, logits_w.shape[-1])
+            new = new.replace(
+                model_state={**new.model_state, LEARNING: m * learning + (1.0 - m) * rates}
+            )
         new, finite = loop.guard_finite(loss, new, state)
         out = {
             "loss": loss,
             "labelled_loss": loss_l,
             "unlabelled_loss": loss_u,
             "mask_rate": jnp.mean(mask),
+            "min_threshold": jnp.min(threshold),
             "mean_confidence": jnp.mean(conf),
             "unlabelled_weight": lambda_u,
             "train_acc": jnp.mean(jnp.argmax(logits_l, -1) == y_l),
@@ -283,6 +326,11 @@ def check(config):
         raise ValueError(
             f"selftrain.alignment_momentum must be in [0, 1), got {sc.alignment_momentum}"
         )
+    if not 0.0 <= sc.class_threshold_momentum < 1.0:
+        raise ValueError(
+            "selftrain.class_threshold_momentum must be in [0, 1), "
+            f"got {sc.class_threshold_momentum}"
+        )
     if sc.bn_joint and not sc.bn_train:
         raise ValueError("selftrain.bn_joint needs selftrain.bn_train=True (batch statistics)")
 
@@ -309,6 +357,8 @@ def run(config, workdir: str, mesh) -> dict:
     prior = label_prior(labels, ds.num_classes)
     if sc.distribution_alignment:
         variables[ALIGN] = jnp.asarray(prior)
+    if sc.class_thresholds:  # nothing learnt yet: every item unused
+        variables[LEARNING] = jnp.zeros(ds.num_classes + 1).at[-1].set(1.0)
     tx, lr = optim.make(sc.optimizer, sc.steps, sc.labelled_batch * (1 + sc.unlabelled_ratio))
     state = transfer.init_state(model, tx, mesh, shape, config.seed, variables=variables)
     loader = Loader(
