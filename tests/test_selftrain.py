@@ -284,8 +284,8 @@ def test_class_thresholds_scale_with_each_class_learning_status():
     np.testing.assert_array_equal(mask, [False, True, True, True])
     # The batch's shares: confident per predicted class, the rest unused; they sum to 1.
     conf = jnp.array([0.99, 0.97, 0.5, 0.96, 0.2])
-    rates = selftrain.learning_rates(jnp.array([0, 0, 1, 2, 2]), conf, 0.95, 3)
-    np.testing.assert_allclose(rates, [0.4, 0.0, 0.2, 0.4], rtol=1e-6)
+    shares = selftrain.confident_shares(jnp.array([0, 0, 1, 2, 2]), conf, 0.95, 3)
+    np.testing.assert_allclose(shares, [0.4, 0.0, 0.2, 0.4], rtol=1e-6)
 
 
 def test_class_thresholds_start_open_and_track_the_confident_shares():

@@ -151,7 +151,7 @@ def class_thresholds(threshold: float, learning):
     return threshold * beta / (2.0 - beta)
 
 
-def learning_rates(label, conf, threshold: float, num_classes: int):
+def confident_shares(label, conf, threshold: float, num_classes: int):
     """This batch's (share predicted c with confidence > threshold for each c, share of
     the rest): what ``class_thresholds``' running average follows; sums to 1."""
     confident = (conf > threshold).astype(jnp.float32)
@@ -248,9 +248,9 @@ def make_step(model, weak, strong, lr, mesh, sc, prior=None):
             new = new.replace(model_state={**new.model_state, ALIGN: running})
         if learning is not None:
             m = sc.class_threshold_momentum
-            rates = learning_rates(pl, conf, sc.threshold, logits_w.shape[-1])
+            shares = confident_shares(pl, conf, sc.threshold, logits_w.shape[-1])
             new = new.replace(
-                model_state={**new.model_state, LEARNING: m * learning + (1.0 - m) * rates}
+                model_state={**new.model_state, LEARNING: m * learning + (1.0 - m) * shares}
             )
         new, finite = loop.guard_finite(loss, new, state)
         out = {
