@@ -164,6 +164,9 @@ def base_config() -> mlc.ConfigDict:
     c.active.schedule = (10, 20, 50, 100)  # total labels after each round's labelling
     c.active.strategy = "entropy"  # see ssl_jax/acquisition.py
     c.active.start = "typiclust"  # cold start with no labels: random | typiclust | probcover
+    # Rounds whose label count is <= start_until also select with `start` (then
+    # `strategy`): e.g. TypiClust while the model is weak, then BADGE. 0: cold start only.
+    c.active.start_until = 0
     c.active.oracle = "dataset"  # dataset (reveal the true labels) | human (queries.csv, wait)
     c.active.train = "probe"  # probe (frozen features) | finetune | selftrain
     c.active.mc_passes = 10  # bald: MC dropout passes on the classifier's input features

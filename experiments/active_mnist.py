@@ -11,6 +11,10 @@ trained each round, the dataset as oracle. Seed S changes the acquisition
 randomness (random draws, k-means, BADGE sampling). The uncertainty and
 diversity strategies start from 10 random labels, as in their papers;
 TypiClust and ProbCover start with themselves (their cold start).
+
+A strategy ``START-THEN`` (e.g. ``typiclust-badge``) selects with START up to
+``--start-until`` labels (``active.start_until``, default 100) and with THEN
+after that: a cold-start strategy while the model is weak, then one that uses it.
 """
 
 import argparse
@@ -38,11 +42,26 @@ STRATEGIES = (
 SCHEDULE = (10, 20, 50, 100, 200, 500, 1000)
 
 
-def run_one(root, encoder, strategy, seed, extra):
+def parse_strategy(text: str) -> tuple[str, str, bool]:
+    """'badge' -> (start, 'badge', False); 'typiclust-badge' -> ('typiclust', 'badge', True)."""
+    first, sep, then = text.partition("-")
+    for name in (first, then) if sep else (first,):
+        if name not in STRATEGIES:
+            raise argparse.ArgumentTypeError(
+                f"unknown strategy {name!r} in {text!r}: {', '.join(STRATEGIES)} or START-THEN"
+            )
+    if sep:
+        return first, then, True
+    return (first if first in ("typiclust", "probcover") else "random"), first, False
+
+
+def run_one(root, encoder, strategy, seed, extra, start_until=100):
     wd = os.path.join(root, f"{strategy}_s{seed}")
     if os.path.exists(os.path.join(wd, "active", "done.json")):
         return
-    start = strategy if strategy in ("typiclust", "probcover") else "random"
+    start, strategy, switch = parse_strategy(strategy)
+    if switch:
+        extra = [f"--config.active.start_until={start_until}", *extra]
     cmd = [
         sys.executable,
         "-m",
@@ -144,17 +163,23 @@ def plot(data, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), metavar="STRATEGY")
+    p.add_argument("--start-until", type=int, default=100, help="labels for START of START-THEN")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--encoder", default=os.path.join(REPO, "runs", "ssl_mnist", "simclr_s0"))
     p.add_argument("--root", default=os.path.join(REPO, "runs", "active_mnist"))
     p.add_argument("--plot", default="")
     p.add_argument("--table-only", action="store_true")
     a, extra = p.parse_known_args(argv)  # other arguments go to every run
+    for strategy in a.strategies:
+        try:
+            parse_strategy(strategy)
+        except argparse.ArgumentTypeError as e:
+            p.error(str(e))
     if not a.table_only:
         for seed in a.seeds:
             for strategy in a.strategies:
-                run_one(a.root, a.encoder, strategy, seed, extra)
+                run_one(a.root, a.encoder, strategy, seed, extra, a.start_until)
     data = curves(a.root, a.strategies, a.seeds)
     print(table(data, a.root, a.seeds))
     if a.plot:

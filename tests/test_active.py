@@ -116,6 +116,23 @@ def test_human_oracle_round_trip(pretrained, digits_folder, tmp_path):
     assert len(items) == 20 and {d["source"] for d in items} == {"human"}
 
 
+@pytest.mark.slow
+def test_start_until_switches_from_the_cold_start_strategy(pretrained, digits_folder, tmp_path):
+    # TypiClust up to 20 labels, then margin: round 1 picks what an all-TypiClust
+    # run picks, round 2 what margin picks from the same 20 labels.
+    switch, typiclust = str(tmp_path / "switch"), str(tmp_path / "typiclust")
+    shutil.copytree(pretrained, switch)
+    shutil.copytree(pretrained, typiclust)
+    proc = _active(digits_folder, switch, "--config.active.start_until=20")
+    assert "active round 1: 20 labels (typiclust)" in proc.stdout
+    assert "active round 2: 30 labels (margin)" in proc.stdout
+    _active(digits_folder, typiclust, "--config.active.strategy=typiclust")
+    assert _queries(switch, 1) == _queries(typiclust, 1)
+    assert _queries(switch, 1)[0]["score"] == ""  # typiclust has no score
+    assert float(_queries(switch, 2)[0]["score"]) <= 0  # margin scores are -(p1 - p2)
+    assert {q["id"] for q in _queries(switch, 2)} != {q["id"] for q in _queries(typiclust, 2)}
+
+
 @pytest.mark.parametrize("schedule", [(), (0, 10), (10, 10, 20), (20, 10)])
 def test_schedule_must_rise(schedule):
     from configs import active as active_config
@@ -126,4 +143,15 @@ def test_schedule_must_rise(schedule):
     with config.unlocked():
         config.active.schedule = schedule
     with pytest.raises(ValueError, match="strictly rising"):
+        active.check(config)
+
+
+def test_start_until_must_be_a_label_count():
+    from configs import active as active_config
+    from ssl_jax.stages import active
+
+    config = active_config.get_config("mnist")
+    with config.unlocked():
+        config.active.start_until = -1
+    with pytest.raises(ValueError, match="start_until must be >= 0"):
         active.check(config)

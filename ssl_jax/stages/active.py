@@ -6,7 +6,9 @@ Round r (``workdir/active/round_NN/``) brings the run's labels up to
   1. acquire: round 0 keeps the run's labels (``workdir/labels.json``) or, when
      there are none, picks a cold-start set (``active.start``: TypiClust by
      default, no model needed); later rounds score the unlabelled pool with the
-     previous round's model and select (``active.strategy``) → ``queries.csv``;
+     previous round's model and select (``active.strategy``; ``active.start``
+     again while the round's label count is <= ``active.start_until``)
+     → ``queries.csv``;
   2. label: the ``dataset`` oracle reveals the dataset's labels; the ``human``
      oracle writes ``queries.csv`` and ``contact_sheet.png`` and stops until
      ``python -m ssl_jax label import`` has merged the labels, then the same
@@ -74,8 +76,16 @@ def _softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
-def pool_state(model: dict, store: LabelStore, feats: dict, config, key) -> acquisition.Pool:
-    """What the strategies read: the model's probabilities (and MC-dropout ones
+def round_strategy(ac, r: int) -> str:
+    """The selector of round r: ``active.start`` for the cold start and for every
+    round whose label count is <= ``active.start_until``, then ``active.strategy``."""
+    return ac.start if r == 0 or ac.schedule[r] <= ac.start_until else ac.strategy
+
+
+def pool_state(
+    model: dict, store: LabelStore, feats: dict, config, key, strategy: str
+) -> acquisition.Pool:
+    """What ``strategy`` reads: the model's probabilities (and MC-dropout ones
     for bald), its penultimate features (coreset, badge) and the
     self-supervised features (typiclust, probcover, and the cold start)."""
     ac = config.active
@@ -85,11 +95,11 @@ def pool_state(model: dict, store: LabelStore, feats: dict, config, key) -> acqu
         return acquisition.Pool(labelled=labelled, embeddings=unit)
     h, w, b = model["features"], model["w"], model["b"]
     pool = acquisition.Pool(labelled=labelled, probs=_softmax(h @ w + b), embeddings=h)
-    if ac.strategy == "bald":
+    if strategy == "bald":
         keep = 1.0 - ac.mc_dropout
         masks = jax.random.bernoulli(key, keep, (ac.mc_passes, *h.shape))
         pool.mc_probs = np.stack([_softmax((h * m / keep) @ w + b) for m in np.asarray(masks)])
-    if ac.strategy in ("typiclust", "probcover"):
+    if strategy in ("typiclust", "probcover"):
         pool.embeddings = unit
     return pool
 
@@ -156,8 +166,8 @@ def acquire(config, workdir, rdir, r, store, ds, feats, mesh):
             key = jax.random.fold_in(jax.random.PRNGKey(config.seed), r)
             prev = os.path.join(workdir, STAGE, f"round_{r - 1:02d}", "model.npz")
             model = dict(np.load(prev)) if r > 0 and len(store) else None
-            strategy = ac.strategy if model is not None else ac.start
-            pool = pool_state(model, store, feats, config, key)
+            strategy = round_strategy(ac, r) if model is not None else ac.start
+            pool = pool_state(model, store, feats, config, key, strategy)
             if strategy == "probcover":
                 opts = dict(_options(config, strategy), num_classes=ds.num_classes)
             else:
@@ -244,6 +254,8 @@ def check(config):
         raise ValueError(
             f"active.schedule must be strictly rising positive label counts, got {ac.schedule}"
         )
+    if ac.start_until < 0:
+        raise ValueError(f"active.start_until must be >= 0 (a label count), got {ac.start_until}")
     if ac.kmeans_restarts < 1:
         raise ValueError(f"active.kmeans_restarts must be >= 1, got {ac.kmeans_restarts}")
     if ac.train not in ("probe", "finetune", "selftrain"):
@@ -283,7 +295,7 @@ def run(config, workdir: str, mesh) -> dict:
         model, metrics = train_round(config, workdir, rdir, store, ds, feats, mesh)
         if jax.process_index() == 0:
             np.savez(os.path.join(rdir, "model.npz"), **model)
-        strategy = ac.strategy if r else ("labels.json" if not queried else ac.start)
+        strategy = round_strategy(ac, r) if r or queried else "labels.json"
         result = dict(
             metrics,
             round=r,
