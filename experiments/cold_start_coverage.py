@@ -27,6 +27,7 @@ sys.path.insert(0, REPO)
 
 from configs import simclr  # noqa: E402
 from ssl_jax import acquisition, parallel  # noqa: E402
+from ssl_jax.data.labels import LabelStore  # noqa: E402
 from ssl_jax.stages import active, common  # noqa: E402
 
 
@@ -48,9 +49,8 @@ def main(argv=None):
         os.makedirs(os.path.join(tmp, active.STAGE))
         feats = active.ssl_features(config, tmp, mesh, ds)
     truth = ds.splits["train"].labels
-    store_labels = np.full(len(truth), -1)
-    unit = feats["train"] / (np.linalg.norm(feats["train"], axis=1, keepdims=True) + 1e-12)
-    pool = acquisition.Pool(labelled=store_labels >= 0, embeddings=unit)
+    # The active stage's cold-start pool: nothing labelled, unit-length SSL features.
+    pool = active.pool_state(None, LabelStore(len(truth)), feats, config, None, "typiclust")
     ac = config.active
     rows = {
         "random": ("random", {}),

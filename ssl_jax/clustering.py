@@ -52,10 +52,17 @@ def _assign_blocks(x, centroids, chunk: int):
     return idx.reshape(-1)[:n], dist.reshape(-1)[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iters", "chunk", "init_sample"))
 def kmeans(x, key, *, k: int, iters: int = 20, chunk: int = 4096, init_sample: int = 20000):
     """(centroids [k, D], assignment [N]) of Lloyd's k-means with k-means++
     initialisation on a random sample of at most ``init_sample`` rows."""
+    centroids, assign, _ = _kmeans(x, key, k=k, iters=iters, chunk=chunk, init_sample=init_sample)
+    return centroids, assign
+
+
+@functools.partial(jax.jit, static_argnames=("k", "iters", "chunk", "init_sample"))
+def _kmeans(x, key, *, k: int, iters: int, chunk: int, init_sample: int):
+    """kmeans's (centroids, assignment) and the clustering's inertia (sum of
+    squared distances to the assigned centroids)."""
     n = x.shape[0]
     k_sample, k_init = jax.random.split(key)
     m = min(n, max(init_sample, k))
@@ -83,7 +90,8 @@ def kmeans(x, key, *, k: int, iters: int = 20, chunk: int = 4096, init_sample: i
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centroids)
 
     centroids = jax.lax.fori_loop(0, iters, lloyd, centroids)
-    return centroids, _assign_blocks(x, centroids, chunk)[0]
+    assign, dist = _assign_blocks(x, centroids, chunk)
+    return centroids, assign, jnp.sum(dist)
 
 
 def typicality(x: np.ndarray, knn: int) -> np.ndarray:
@@ -99,7 +107,9 @@ def typicality(x: np.ndarray, knn: int) -> np.ndarray:
     return 1.0 / (nearest.mean(1) + 1e-12)
 
 
-def kmeans_best(x, key, *, k: int, restarts: int = 1, iters: int = 20, chunk: int = 4096):
+def kmeans_best(
+    x, key, *, k: int, restarts: int = 1, iters: int = 20, chunk: int = 4096, init_sample=20000
+):
     """The assignment [N] of the lowest-inertia clustering among ``restarts``
     k-means runs (each its own k-means++ initialisation)."""
     if restarts < 1:
@@ -107,8 +117,8 @@ def kmeans_best(x, key, *, k: int, restarts: int = 1, iters: int = 20, chunk: in
     best, best_inertia = None, np.inf
     for r in range(restarts):
         k_r = key if r == 0 else jax.random.fold_in(key, r)  # restarts=1: the plain k-means
-        centroids, assign = kmeans(x, k_r, k=k, iters=iters, chunk=chunk)
-        inertia = float(jnp.sum(_assign_blocks(x, centroids, chunk)[1]))
+        _, assign, inertia = _kmeans(x, k_r, k=k, iters=iters, chunk=chunk, init_sample=init_sample)
+        inertia = float(inertia)
         if inertia < best_inertia:
             best, best_inertia = assign, inertia
     return np.asarray(best)

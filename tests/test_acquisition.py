@@ -179,6 +179,12 @@ def test_kmeans_recovers_separated_clusters():
     _, assign = clustering.kmeans(jnp.asarray(x), jax.random.PRNGKey(0), k=4, iters=10)
     assign = np.asarray(assign).reshape(4, 50)
     assert all(len(set(row)) == 1 for row in assign) and len({row[0] for row in assign}) == 4
+    # The inertia kmeans_best compares: squared distances to the assigned centroids.
+    c, a, inertia = clustering._kmeans(
+        jnp.asarray(x), jax.random.PRNGKey(0), k=4, iters=10, chunk=64, init_sample=100
+    )
+    c, a = np.asarray(c), np.asarray(a)
+    np.testing.assert_allclose(float(inertia), np.sum((x - c[a]) ** 2), rtol=1e-4)
 
 
 def test_kmeans_restarts_keep_the_lowest_inertia_run():
