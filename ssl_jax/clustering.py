@@ -108,7 +108,14 @@ def typicality(x: np.ndarray, knn: int) -> np.ndarray:
 
 
 def kmeans_best(
-    x, key, *, k: int, restarts: int = 1, iters: int = 20, chunk: int = 4096, init_sample=20000
+    x,
+    key,
+    *,
+    k: int,
+    restarts: int = 1,
+    iters: int = 20,
+    chunk: int = 4096,
+    init_sample: int = 20000,
 ):
     """The assignment [N] of the lowest-inertia clustering among ``restarts``
     k-means runs (each its own k-means++ initialisation)."""
