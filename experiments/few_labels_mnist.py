@@ -11,7 +11,8 @@ experiments/ssl_mnist.py with the same seed, hence the same 100 labels):
               trained on the 100 labels alone (same augmentation, steps and evaluation)
   probe       the pretraining run's own linear probe (runs/ssl_mnist/simclr_sS/probe)
   finetune    configs/simclr.py:mnist_long, stage finetune, init_from the pretraining run
-  selftrain   the same run's selftrain stage (3,000 FixMatch steps), then predict and report
+  selftrain   the same run's selftrain stage (3,000 FixMatch steps with FlexMatch class
+              thresholds, SGD lr 0.03), then predict and report
 
 ``--variant NAME:OVERRIDES`` (repeatable) adds a row: self-training again from
 the same fine-tuned model with the given config overrides, in
