@@ -103,7 +103,8 @@ def main(argv=None):
         print("  recall     " + " ".join(f"{r:6.3f}" for r in recall))
         print("  predicted  " + " ".join(f"{n:6d}" for n in counts))
         if a.show >= 0:
-            went = np.bincount(pred[np.asarray(ds.splits["test"].labels) == a.show], minlength=10)
+            of_class = np.asarray(ds.splits["test"].labels) == a.show
+            went = np.bincount(pred[of_class], minlength=len(recall))
             print(f"  test {a.show}s predicted as " + " ".join(f"{n:6d}" for n in went))
             if a.out and k == 0:
                 draw(a.out, workdir, ds, pred, a.show)
