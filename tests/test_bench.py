@@ -68,7 +68,8 @@ def test_peer_bench_runs_every_job_at_toy_size_on_the_ssl_jax_side(capsys, tmp_p
     assert {r["job"] for r in rows} == set(peers.JOBS)
     assert all(r["side"] == "ssl_jax" and r["per_s"] > 0 for r in rows)
     # Model steps carry XLA's FLOP count, hence GFLOP/s and a fraction of the matmul peak.
-    steps = [r for r in rows if r["job"] in ("simclr_step", "mae_step")]
+    model_jobs = ("simclr_step", "mae_step", "vit_blocks", "dense_stack")
+    steps = [r for r in rows if r["job"] in model_jobs]
     assert all(r["gflops"] > 0 and r["of_peak"] > 0 for r in steps)
     assert "| knn | ssl_jax |" in out.read_text()
 
@@ -90,3 +91,57 @@ def test_peer_bench_ratio_is_against_the_fastest_peer_setting():
     assert rows["jit"]["ratio"] == pytest.approx((10 / 0.5) / (10 / 1.0))
     assert rows["jit"]["gflops"] == pytest.approx(20.0)  # 20 images/s x 1 GFLOP
     assert rows["compile"]["of_peak"] == pytest.approx(10.0 / 40.0)
+
+
+@pytest.mark.slow
+def test_vit_variant_bench_runs_at_toy_size(capsys):
+    from experiments.bench import vit_variants
+
+    rows, outs = vit_variants.main(["--toy"])
+    assert [r["variant"] for r in rows] == list(vit_variants.VARIANTS)
+    assert all(r["ms"] > 0 for r in rows)
+    # The options recompile the very same function: the same loss.
+    base = float(outs[vit_variants.BASE][0])
+    for name, (kind, _, _) in vit_variants.VARIANTS.items():
+        if kind == "option":
+            assert abs(float(outs[name][0]) - base) < 1e-5 * abs(base), name
+    assert "| ssl_jax vit.Encoder | baseline |" in capsys.readouterr().out
+
+
+def test_vit_variant_rewrites_compute_the_same_function():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from experiments.bench import vit_variants as vv
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 24)) * 2 + 0.5
+    # LayerNorm with the hand-written backward: value and every gradient as flax's.
+    scale = jax.random.normal(jax.random.PRNGKey(1), (24,))
+    bias = jax.random.normal(jax.random.PRNGKey(2), (24,))
+    ref = nn.LayerNorm(epsilon=1e-6)
+    params = {"params": {"scale": scale, "bias": bias}}
+
+    def loss_ref(x, s, b):
+        return jnp.sum(jnp.sin(ref.apply({"params": {"scale": s, "bias": b}}, x)))
+
+    def loss_hand(x, s, b):
+        return jnp.sum(jnp.sin(vv.layer_norm(x, s, b)))
+
+    np.testing.assert_allclose(
+        vv.layer_norm(x, scale, bias), ref.apply(params, x), atol=1e-5, rtol=1e-5
+    )
+    g_ref = jax.grad(loss_ref, argnums=(0, 1, 2))(x, scale, bias)
+    g_hand = jax.grad(loss_hand, argnums=(0, 1, 2))(x, scale, bias)
+    for a, b in zip(g_hand, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    # GELU through the sigmoid is flax's tanh-approximate GELU.
+    z = jnp.linspace(-8.0, 8.0, 2001)
+    np.testing.assert_allclose(vv.gelu_sigmoid(z), nn.gelu(z), atol=2e-6)
+    # The two fused attentions agree on the same parameters.
+    att = vv.FusedAttention(heads=4, kind="einsum")
+    p = att.init(jax.random.PRNGKey(3), x)
+    np.testing.assert_allclose(
+        att.apply(p, x), vv.FusedAttention(heads=4, kind="sdpa").apply(p, x), atol=1e-5
+    )

@@ -10,6 +10,8 @@ JOB_FUNCTIONS = {
     "matmul": "matmul",
     "simclr_step": "simclr_step",
     "mae_step": "mae_step",
+    "vit_blocks": "vit_blocks",
+    "dense_stack": "dense_stack",
     "augment32": "augment",
     "augment224": "augment",
     "linear_probe": "linear_probe_job",
@@ -36,6 +38,11 @@ def images(n: int, size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     big = np.repeat(np.repeat(coarse, reps, axis=1), reps, axis=2)[:, :size, :size]
     noise = rng.normal(0, 12, big.shape).astype(np.float32)
     return np.clip(big + noise, 0, 255).astype(np.uint8)
+
+
+def tokens(n: int, length: int, width: int, seed: int = 0) -> np.ndarray:
+    """[n, length, width] float32 standard normal: a transformer's inputs."""
+    return np.random.default_rng(seed).normal(size=(n, length, width)).astype(np.float32)
 
 
 def features(n_train: int, n_test: int, dim: int, classes: int, seed: int = 0):

@@ -14,6 +14,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -24,6 +25,7 @@ from experiments.bench import data  # noqa: E402
 from ssl_jax import acquisition, parallel  # noqa: E402
 from ssl_jax.evaluators import knn as knn_lib  # noqa: E402
 from ssl_jax.evaluators import linear_probe  # noqa: E402
+from ssl_jax.models import vit  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 from ssl_jax.stages.pretrain import make_step  # noqa: E402
 
@@ -97,6 +99,52 @@ def mae_step(params, peer_info=None):
         if params.get("depth"):
             c.model.kw.depth = params["depth"]
     return _steps(c, (32, 32, 3), params)
+
+
+class DenseStack(nn.Module):
+    """``depth`` residual pairs x + W2 W1 x (width -> mlp -> width, no bias):
+    the matmuls of ViT blocks without anything between them."""
+
+    depth: int
+    mlp: int
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.depth):
+            h = nn.Dense(self.mlp, use_bias=False)(x)
+            x = x + nn.Dense(x.shape[-1], use_bias=False)(h)
+        return x
+
+
+def _grad_steps(module, params):
+    """Forward and backward of mean(module(x)^2) on [batch, tokens, width]
+    inputs, compiled with the default conv switch; no optimizer."""
+    x = jnp.asarray(data.tokens(params["batch"], params["tokens"], params["width"]))
+    variables = module.init(jax.random.PRNGKey(0), x)
+
+    def loss(v, x):
+        return jnp.mean(jnp.square(module.apply(v, x)))
+
+    exe = jax.jit(jax.value_and_grad(loss)).lower(variables, x).compile(compiler_options=EIGEN_CONV)
+
+    def go():
+        for _ in range(params["steps"]):
+            out = exe(variables, x)
+        jax.block_until_ready(out)
+        return params["steps"] * params["batch"]
+
+    go()
+    return {"jit": go}, {"flops_per_item": cost_flops(exe) / params["batch"]}
+
+
+def vit_blocks(params, peer_info=None):
+    """ssl_jax's ViT encoder blocks (vit.Encoder: pre-LN blocks, final LayerNorm)."""
+    p = params
+    return _grad_steps(vit.Encoder(p["depth"], p["heads"], p["mlp"]), p)
+
+
+def dense_stack(params, peer_info=None):
+    return _grad_steps(DenseStack(params["depth"], params["mlp"]), params)
 
 
 def augment(params, peer_info=None):

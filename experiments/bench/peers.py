@@ -37,6 +37,21 @@ JOBS = {
     "matmul": ({"n": 2048, "reps": 4}, {"n": 128}, "matmul", 5),
     "simclr_step": ({"batch": 256, "steps": 1}, {"batch": 8, "width": 0.125}, "image", 5),
     "mae_step": ({"batch": 256, "steps": 2}, {"batch": 8, "depth": 1}, "image", 5),
+    # Parts of mae_step, forward and backward only (no optimizer): ViT-Ti's 12
+    # encoder blocks on the 16 visible tokens of 256 images, and the same
+    # blocks' matmuls alone (a residual stack of bias-free dense pairs).
+    "vit_blocks": (
+        {"batch": 256, "tokens": 16, "width": 192, "depth": 12, "heads": 3, "mlp": 768, "steps": 1},
+        {"batch": 4, "depth": 1},
+        "image",
+        5,
+    ),
+    "dense_stack": (
+        {"batch": 256, "tokens": 16, "width": 192, "depth": 12, "mlp": 768, "steps": 1},
+        {"batch": 4, "depth": 1},
+        "image",
+        5,
+    ),
     "augment32": (
         {"size": 32, "source": 32, "batch": 256, "batches": 4, "workers": 2},
         {"batch": 8, "batches": 1},

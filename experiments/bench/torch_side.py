@@ -145,6 +145,63 @@ class MAE(nn.Module):
         return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
 
 
+def _grad_variants(make_model, params):
+    """Eager and torch.compile: forward and backward of mean(model(x)^2), no
+    optimizer (the ssl_jax side's jitted value_and_grad)."""
+    x = torch.from_numpy(data.tokens(params["batch"], params["tokens"], params["width"]))
+    variants = {}
+    for name in ("eager", "compile"):
+        model = make_model().train()
+        fwd = torch.compile(model) if name == "compile" else model
+
+        def step(fwd=fwd, model=model):
+            model.zero_grad(set_to_none=True)
+            loss = fwd(x).square().mean()
+            loss.backward()
+            return loss.item()
+
+        step()
+
+        def go(step=step):
+            for _ in range(params["steps"]):
+                step()
+            return params["steps"] * params["batch"]
+
+        go()
+        variants[name] = go
+    return variants, {}
+
+
+def vit_blocks(params, peer_info=None):
+    p = params
+    return _grad_variants(
+        lambda: nn.Sequential(
+            *[Block(p["width"], p["heads"], p["mlp"]) for _ in range(p["depth"])],
+            nn.LayerNorm(p["width"], eps=1e-6),
+        ),
+        p,
+    )
+
+
+class DenseStack(nn.Module):
+    def __init__(self, depth, width, mlp):
+        super().__init__()
+        self.pairs = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, mlp, bias=False), nn.Linear(mlp, width, bias=False))
+            for _ in range(depth)
+        )
+
+    def forward(self, x):
+        for pair in self.pairs:
+            x = x + pair(x)
+        return x
+
+
+def dense_stack(params, peer_info=None):
+    p = params
+    return _grad_variants(lambda: DenseStack(p["depth"], p["width"], p["mlp"]), p)
+
+
 def sincos(n, width):
     side = int(round(n**0.5))
     ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")

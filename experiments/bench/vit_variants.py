@@ -1,0 +1,249 @@
+"""Where the ViT step's time goes on the CPU: ssl_jax's encoder blocks against
+rewrites of their parts and against XLA CPU options, in one process.
+
+  .venv/bin/python experiments/bench/vit_variants.py            # ViT-Ti: 12 blocks, 256 x 16 tokens
+  .venv/bin/python experiments/bench/vit_variants.py --toy      # CI: the script runs
+
+Every variant is the forward and backward (``jax.value_and_grad`` of the mean
+square output, no optimizer) of a stack of pre-LN transformer blocks on the
+same [batch, tokens, width] input; the shapes default to mae_step's encoder
+(ViT-Ti on the 16 visible tokens of 256 images). The baseline is
+``ssl_jax.models.vit.Encoder`` compiled as ssl_jax compiles its steps (the
+Eigen conv path). The rewrites keep the function (the same math up to float
+rounding); the ablations drop a part to show what it costs; the options
+recompile the baseline. All are timed in turn (A B C ... A B C ...) after a
+warm-up, medians of ``--repeats``; "speed" is the baseline's median over the
+variant's (above 1: faster).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.bench import data  # noqa: E402
+from experiments.bench.jax_side import EIGEN_CONV  # noqa: E402
+from ssl_jax.models import vit  # noqa: E402
+
+XAVIER = nn.initializers.xavier_uniform()
+
+
+@jax.custom_vjp
+def layer_norm(x, scale, bias):
+    """LayerNorm over the last axis (eps 1e-6) with a hand-written backward:
+    two row reductions instead of autodiff's chain through mean and variance."""
+    return _layer_norm_fwd(x, scale, bias)[0]
+
+
+def _layer_norm_fwd(x, scale, bias):
+    centred = x - jnp.mean(x, -1, keepdims=True)
+    inv = jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + 1e-6)
+    xhat = centred * inv
+    return xhat * scale + bias, (xhat, inv, scale)
+
+
+def _layer_norm_bwd(res, dy):
+    xhat, inv, scale = res
+    g = dy * scale
+    mean_g = jnp.mean(g, -1, keepdims=True)
+    dx = inv * (g - mean_g - xhat * jnp.mean(g * xhat, -1, keepdims=True))
+    rows = tuple(range(dy.ndim - 1))
+    return dx, jnp.sum(dy * xhat, rows), jnp.sum(dy, rows)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class HandLayerNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,))
+        return layer_norm(x, scale, self.param("bias", nn.initializers.zeros, (d,)))
+
+
+def gelu_sigmoid(x):
+    """tanh-approximate GELU written as x * sigmoid(2z): the same function."""
+    return x * jax.nn.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+
+
+class FusedAttention(nn.Module):
+    """One [width, 3*width] projection for q, k, v; ``kind`` "einsum" or "sdpa"
+    (jax.nn.dot_product_attention, XLA implementation)."""
+
+    heads: int
+    kind: str = "einsum"
+
+    @nn.compact
+    def __call__(self, x):
+        b, n, d = x.shape
+        qkv = nn.Dense(3 * d, kernel_init=XAVIER, name="qkv")(x)
+        q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, d // self.heads), 3, axis=2)
+        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        if self.kind == "sdpa":
+            out = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+        else:
+            s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // self.heads)
+            out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
+        return nn.Dense(d, kernel_init=XAVIER, name="out")(out.reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """vit.Block with swappable parts: attention ("flax": flax's
+    MultiHeadDotProductAttention as in vit.Block, "einsum", "sdpa", "none"),
+    gelu ("tanh" as in vit.Block, "erf", "sigmoid", "none"), norm ("flax",
+    "hand", "none")."""
+
+    heads: int
+    mlp: int
+    attention: str = "flax"
+    gelu: str = "tanh"
+    norm: str = "flax"
+
+    def _norm(self, x):
+        if self.norm == "none":
+            return x
+        return HandLayerNorm()(x) if self.norm == "hand" else nn.LayerNorm(epsilon=1e-6)(x)
+
+    @nn.compact
+    def __call__(self, x):
+        if self.attention != "none":
+            y = self._norm(x)
+            if self.attention == "flax":
+                y = nn.MultiHeadDotProductAttention(
+                    num_heads=self.heads, kernel_init=XAVIER, deterministic=True
+                )(y, y)
+            else:
+                y = FusedAttention(self.heads, self.attention)(y)
+            x = x + y
+        y = nn.Dense(self.mlp, kernel_init=XAVIER)(self._norm(x))
+        y = {
+            "tanh": nn.gelu,
+            "erf": lambda v: nn.gelu(v, approximate=False),
+            "sigmoid": gelu_sigmoid,
+            "none": lambda v: v,
+        }[self.gelu](y)
+        return x + nn.Dense(x.shape[-1], kernel_init=XAVIER)(y)
+
+
+class Stack(nn.Module):
+    depth: int
+    heads: int
+    mlp: int
+    parts: dict
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.depth):
+            x = Block(self.heads, self.mlp, **self.parts)(x)
+        return self._norm_out(x)
+
+    def _norm_out(self, x):
+        return x if self.parts.get("norm") == "none" else nn.LayerNorm(epsilon=1e-6)(x)
+
+
+# name -> (what changes, Stack parts or None for ssl_jax's vit.Encoder, XLA options)
+BASE = "ssl_jax vit.Encoder"
+VARIANTS = {
+    BASE: ("baseline", None, {}),
+    "same blocks, rebuilt here": ("check: should equal the baseline", {}, {}),
+    "fused qkv, einsum attention": ("rewrite", {"attention": "einsum"}, {}),
+    "fused qkv, jax.nn.dot_product_attention": ("rewrite", {"attention": "sdpa"}, {}),
+    "GELU as x*sigmoid(2z)": ("rewrite", {"gelu": "sigmoid"}, {}),
+    "LayerNorm with hand-written backward": ("rewrite", {"norm": "hand"}, {}),
+    "exact (erf) GELU, as torch's": ("other function", {"gelu": "erf"}, {}),
+    "no attention": ("ablation", {"attention": "none"}, {}),
+    "no GELU": ("ablation", {"gelu": "none"}, {}),
+    "no LayerNorm": ("ablation", {"norm": "none"}, {}),
+    "matmuls only": ("ablation", {"attention": "none", "gelu": "none", "norm": "none"}, {}),
+    "XLA default (YNNPACK)": ("option", None, {"xla_cpu_experimental_ynn_fusion_type": None}),
+    "YNNPACK dots": (
+        "option",
+        None,
+        {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    ),
+    "XNNPACK dots": (
+        "option",
+        None,
+        {"xla_cpu_experimental_xnn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    ),
+    "oneDNN": ("option", None, {"xla_cpu_use_onednn": True}),
+    "vector width 512": ("option", None, {"xla_cpu_prefer_vector_width": 512}),
+}
+
+
+def build(name, args):
+    kind, parts, extra = VARIANTS[name]
+    if parts is None:
+        module = vit.Encoder(args.depth, args.heads, args.mlp)
+    else:
+        module = Stack(args.depth, args.heads, args.mlp, parts)
+    x = jnp.asarray(data.tokens(args.batch, args.tokens, args.width))
+    variables = module.init(jax.random.PRNGKey(0), x)
+
+    def loss(v, x):
+        return jnp.mean(jnp.square(module.apply(v, x)))
+
+    options = {**EIGEN_CONV, **extra}
+    options = {k: v for k, v in options.items() if v is not None}
+    exe = jax.jit(jax.value_and_grad(loss)).lower(variables, x).compile(compiler_options=options)
+
+    def run():
+        return jax.block_until_ready(exe(variables, x))
+
+    return run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--depth", type=int, default=12)
+    p.add_argument("--heads", type=int, default=3)
+    p.add_argument("--mlp", type=int, default=768)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--toy", action="store_true", help="tiny sizes: checks the script runs")
+    a = p.parse_args(argv)
+    if a.toy:
+        a.batch, a.tokens, a.width, a.depth, a.heads, a.mlp, a.repeats = 2, 4, 16, 1, 2, 32, 1
+    names = [BASE, *[n for n in a.variants if n != BASE]]
+    runs, outs = {}, {}
+    for name in names:
+        print(f"compiling {name} ...", file=sys.stderr, flush=True)
+        runs[name] = build(name, a)
+        outs[name] = runs[name]()  # warm-up
+    times = {n: [] for n in runs}
+    for _ in range(a.repeats):
+        for n, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[n].append(time.perf_counter() - t)
+    base = statistics.median(times[BASE])
+    print(
+        f"{a.depth} blocks, [{a.batch}, {a.tokens}, {a.width}] tokens, {a.heads} heads, "
+        f"MLP {a.mlp}; forward+backward; medians of {a.repeats}; jax {jax.__version__}\n"
+    )
+    print("| variant | kind | ms | spread | speed vs baseline |\n|---|---|---|---|---|")
+    rows = []
+    for n, ts in times.items():
+        med = statistics.median(ts)
+        rows.append({"variant": n, "kind": VARIANTS[n][0], "ms": 1e3 * med, "speed": base / med})
+        spread = (max(ts) - min(ts)) / med
+        cells = f"{1e3 * med:.1f} | {100 * spread:.0f}% | {base / med:.2f}x"
+        print(f"| {n} | {VARIANTS[n][0]} | {cells} |")
+    return rows, outs
+
+
+if __name__ == "__main__":
+    main()
