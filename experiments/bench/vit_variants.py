@@ -178,6 +178,12 @@ VARIANTS = {
     ),
     "oneDNN": ("option", None, {"xla_cpu_use_onednn": True}),
     "vector width 512": ("option", None, {"xla_cpu_prefer_vector_width": 512}),
+    "single-threaded Eigen": ("option", None, {"xla_cpu_multi_thread_eigen": False}),
+    "concurrency-optimised scheduler": (
+        "option",
+        None,
+        {"xla_cpu_enable_concurrency_optimized_scheduler": True},
+    ),
 }
 
 
