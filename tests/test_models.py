@@ -312,3 +312,51 @@ def test_decoder_output_pixels_see_a_kernel_sized_window(up_kernel):
     reach = np.argwhere(np.asarray(jax.grad(pixel)(x))[0, :, :, 0] != 0)
     assert len(reach) == up_kernel * up_kernel  # a k×k window around input (5, 5)
     assert {5} <= set(reach[:, 0]) and {5} <= set(reach[:, 1])
+
+
+def test_vit_self_attention_is_flax_multi_head_attention():
+    """Same parameter tree and initial values for the same key, same outputs
+    and gradients: checkpoints made with flax's module load unchanged."""
+    from ssl_jax.models.vit import SelfAttention
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 24))
+    ours = SelfAttention(num_heads=4)
+    ref = nn.MultiHeadDotProductAttention(
+        num_heads=4, kernel_init=nn.initializers.xavier_uniform(), deterministic=True
+    )
+    p = ours.init(jax.random.PRNGKey(1), x)
+    p_ref = ref.init(jax.random.PRNGKey(1), x, x)
+    assert jax.tree.structure(p) == jax.tree.structure(p_ref)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Non-zero biases, so that their placement is checked too.
+    p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(2), a.shape), p)
+    np.testing.assert_allclose(ours.apply(p, x), ref.apply(p, x, x), atol=1e-5, rtol=1e-5)
+
+    def loss(f):
+        return lambda p, x: jnp.sum(jnp.sin(f(p, x)))
+
+    g = jax.grad(loss(ours.apply), argnums=(0, 1))(p, x)
+    g_ref = jax.grad(loss(lambda p, x: ref.apply(p, x, x)), argnums=(0, 1))(p, x)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_vit_weight_gradients_contract_one_axis():
+    """Every matmul of a ViT block's backward pass contracts a single axis
+    (tokens are flattened to rows first): a dot contracting batch and tokens
+    together costs a transposed copy of an operand on XLA's CPU backend."""
+    from ssl_jax.models.vit import Block
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
+    block = Block(num_heads=2, mlp_dim=32)
+    p = block.init(jax.random.PRNGKey(1), x)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p, x: jnp.sum(block.apply(p, x) ** 2)))(p, x)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    # Weight gradients: [rows, in]^T [rows, out], rows = batch * tokens = 10.
+    rows = [e for e in dots if e.params["dimension_numbers"][0] == ((0,), (0,))]
+    assert len(rows) == 6  # query, key, value, out, fc1, fc2
+    assert all(e.invars[0].aval.shape[0] == 10 for e in rows)
+    for e in dots:
+        (lhs_c, rhs_c), _ = e.params["dimension_numbers"]
+        assert len(lhs_c) == len(rhs_c) == 1, e

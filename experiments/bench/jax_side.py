@@ -103,20 +103,26 @@ def mae_step(params, peer_info=None):
 
 class DenseStack(nn.Module):
     """``depth`` residual pairs x + W2 W1 x (width -> mlp -> width, no bias):
-    the matmuls of ViT blocks without anything between them."""
+    the matmuls of ViT blocks without anything between them. ``rows``: on
+    the tokens flattened to [batch * tokens, width] rows, as ssl_jax's ViT
+    applies its dense layers (vit.dense_tokens); else on [batch, tokens, width]."""
 
     depth: int
     mlp: int
+    rows: bool = True
 
     @nn.compact
     def __call__(self, x):
+        shape = x.shape
+        if self.rows:
+            x = x.reshape(-1, shape[-1])
         for _ in range(self.depth):
             h = nn.Dense(self.mlp, use_bias=False)(x)
             x = x + nn.Dense(x.shape[-1], use_bias=False)(h)
-        return x
+        return x.reshape(shape)
 
 
-def _grad_steps(module, params):
+def _grad_steps(module, params, setting="jit"):
     """Forward and backward of mean(module(x)^2) on [batch, tokens, width]
     inputs, compiled with the default conv switch; no optimizer."""
     x = jnp.asarray(data.tokens(params["batch"], params["tokens"], params["width"]))
@@ -134,7 +140,7 @@ def _grad_steps(module, params):
         return params["steps"] * params["batch"]
 
     go()
-    return {"jit": go}, {"flops_per_item": cost_flops(exe) / params["batch"]}
+    return {setting: go}, {"flops_per_item": cost_flops(exe) / params["batch"]}
 
 
 def vit_blocks(params, peer_info=None):
@@ -144,7 +150,13 @@ def vit_blocks(params, peer_info=None):
 
 
 def dense_stack(params, peer_info=None):
-    return _grad_steps(DenseStack(params["depth"], params["mlp"]), params)
+    """As ssl_jax's ViT runs them (rows), and on 3-D tokens for comparison:
+    there XLA's CPU backend feeds every weight gradient a transposed copy."""
+    variants, info = _grad_steps(DenseStack(params["depth"], params["mlp"]), params)
+    on_3d, _ = _grad_steps(
+        DenseStack(params["depth"], params["mlp"], rows=False), params, "jit, 3-D tokens"
+    )
+    return {**variants, **on_3d}, info
 
 
 def augment(params, peer_info=None):

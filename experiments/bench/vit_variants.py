@@ -9,11 +9,12 @@ square output, no optimizer) of a stack of pre-LN transformer blocks on the
 same [batch, tokens, width] input; the shapes default to mae_step's encoder
 (ViT-Ti on the 16 visible tokens of 256 images). The baseline is
 ``ssl_jax.models.vit.Encoder`` compiled as ssl_jax compiles its steps (the
-Eigen conv path). The rewrites keep the function (the same math up to float
-rounding); the ablations drop a part to show what it costs; the options
-recompile the baseline. All are timed in turn (A B C ... A B C ...) after a
-warm-up, medians of ``--repeats``; "speed" is the baseline's median over the
-variant's (above 1: faster).
+Eigen conv path); "before" is the same blocks as ssl_jax built them before
+its ViT applied its dense layers to flattened rows. The rewrites keep the
+function (the same math up to float rounding); the ablations drop a part to
+show what it costs; the options recompile the baseline. All are timed in
+turn (A B C ... A B C ...) after a warm-up, medians of ``--repeats``;
+"speed" is the baseline's median over the variant's (above 1: faster).
 """
 
 import argparse
@@ -86,7 +87,7 @@ class FusedAttention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
-        qkv = nn.Dense(3 * d, kernel_init=XAVIER, name="qkv")(x)
+        qkv = vit.dense_tokens(nn.Dense(3 * d, kernel_init=XAVIER, name="qkv"), x)
         q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, d // self.heads), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
         if self.kind == "sdpa":
@@ -94,45 +95,54 @@ class FusedAttention(nn.Module):
         else:
             s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // self.heads)
             out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
-        return nn.Dense(d, kernel_init=XAVIER, name="out")(out.reshape(b, n, d))
+        return vit.dense_tokens(nn.Dense(d, kernel_init=XAVIER, name="out"), out.reshape(b, n, d))
 
 
 class Block(nn.Module):
-    """vit.Block with swappable parts: attention ("flax": flax's
-    MultiHeadDotProductAttention as in vit.Block, "einsum", "sdpa", "none"),
-    gelu ("tanh" as in vit.Block, "erf", "sigmoid", "none"), norm ("flax",
-    "hand", "none")."""
+    """vit.Block with swappable parts: attention ("ssl_jax": vit.SelfAttention
+    as in vit.Block, "flax": flax's MultiHeadDotProductAttention on 3-D
+    tokens, "einsum", "sdpa", "none"), gelu ("tanh" as in vit.Block, "erf",
+    "sigmoid", "none"), norm ("flax", "hand", "none"), and ``rows``: the MLP's
+    dense layers on [batch * tokens, width] rows (vit.dense_tokens, as
+    vit.Block) or on the 3-D tokens."""
 
     heads: int
     mlp: int
-    attention: str = "flax"
+    attention: str = "ssl_jax"
     gelu: str = "tanh"
     norm: str = "flax"
+    rows: bool = True
 
     def _norm(self, x):
         if self.norm == "none":
             return x
         return HandLayerNorm()(x) if self.norm == "hand" else nn.LayerNorm(epsilon=1e-6)(x)
 
+    def _dense(self, features, x):
+        layer = nn.Dense(features, kernel_init=XAVIER)
+        return vit.dense_tokens(layer, x) if self.rows else layer(x)
+
     @nn.compact
     def __call__(self, x):
         if self.attention != "none":
             y = self._norm(x)
-            if self.attention == "flax":
+            if self.attention == "ssl_jax":
+                y = vit.SelfAttention(self.heads)(y)
+            elif self.attention == "flax":
                 y = nn.MultiHeadDotProductAttention(
                     num_heads=self.heads, kernel_init=XAVIER, deterministic=True
                 )(y, y)
             else:
                 y = FusedAttention(self.heads, self.attention)(y)
             x = x + y
-        y = nn.Dense(self.mlp, kernel_init=XAVIER)(self._norm(x))
+        y = self._dense(self.mlp, self._norm(x))
         y = {
             "tanh": nn.gelu,
             "erf": lambda v: nn.gelu(v, approximate=False),
             "sigmoid": gelu_sigmoid,
             "none": lambda v: v,
         }[self.gelu](y)
-        return x + nn.Dense(x.shape[-1], kernel_init=XAVIER)(y)
+        return x + self._dense(x.shape[-1], y)
 
 
 class Stack(nn.Module):
@@ -156,6 +166,11 @@ BASE = "ssl_jax vit.Encoder"
 VARIANTS = {
     BASE: ("baseline", None, {}),
     "same blocks, rebuilt here": ("check: should equal the baseline", {}, {}),
+    "before: flax attention, dense layers on 3-D tokens": (
+        "before",
+        {"attention": "flax", "rows": False},
+        {},
+    ),
     "fused qkv, einsum attention": ("rewrite", {"attention": "einsum"}, {}),
     "fused qkv, jax.nn.dot_product_attention": ("rewrite", {"attention": "sdpa"}, {}),
     "GELU as x*sigmoid(2z)": ("rewrite", {"gelu": "sigmoid"}, {}),

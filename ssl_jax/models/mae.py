@@ -70,7 +70,9 @@ class MAE(nn.Module):
         tokens = self.encoder.tokens(x, train=train, keep=keep)
         has_cls = self.encoder.pool == "cls"
 
-        y = nn.Dense(self.decoder_width, dtype=self.dtype, name="decoder_embed")(tokens)
+        y = vit.dense_tokens(
+            nn.Dense(self.decoder_width, dtype=self.dtype, name="decoder_embed"), tokens
+        )
         cls, visible = (y[:, :1], y[:, 1:]) if has_cls else (None, y)
         mask_token = self.param(
             "mask_token", nn.initializers.normal(0.02), (1, 1, self.decoder_width)
@@ -90,7 +92,7 @@ class MAE(nn.Module):
             name="decoder",
         )(y, train)
         y = y[:, 1:] if has_cls else y
-        pred = nn.Dense(p * p * c, dtype=self.dtype, name="decoder_pred")(y)
+        pred = vit.dense_tokens(nn.Dense(p * p * c, dtype=self.dtype, name="decoder_pred"), y)
         return pred.astype(jnp.float32), mask
 
     def encode(self, x):

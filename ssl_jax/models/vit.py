@@ -101,6 +101,70 @@ def resize_posemb(pe, grid: tuple[int, int]):
     return pe.reshape(1, grid[0] * grid[1], dim)
 
 
+def dense_tokens(layer: nn.Module, x):
+    """Apply a Dense ``layer`` to tokens [..., D] as one [N, D] matrix.
+
+    Same function and parameters as ``layer(x)``. On a 3-D input the weight
+    gradient contracts two axes (batch and tokens), and XLA's CPU backend
+    feeds that dot a transposed copy of one operand (in every layer, every
+    step); on the flattened rows it contracts one axis and needs no copy.
+    """
+    y = layer(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class _HeadsDense(nn.Module):
+    """flax's DenseGeneral as MultiHeadDotProductAttention uses it (same
+    parameter names, shapes and initialisation), computed on [N, in] rows:
+    kernel (D, H, Dh) with bias (H, Dh) projects to heads, kernel (H, Dh, D)
+    with bias (D,) back from them."""
+
+    kernel_shape: tuple[int, ...]
+    bias_shape: tuple[int, ...]
+    kernel_init: Any = nn.initializers.xavier_uniform()
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        out_dim = int(np.prod(self.bias_shape))
+        in_dim = int(np.prod(self.kernel_shape)) // out_dim
+
+        def kernel_init(rng, shape, dtype=jnp.float32):  # on (in, out), as DenseGeneral
+            return self.kernel_init(rng, (in_dim, out_dim), dtype).reshape(shape)
+
+        kernel = self.param("kernel", kernel_init, self.kernel_shape)
+        bias = self.param("bias", nn.initializers.zeros, self.bias_shape)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        return x @ kernel.reshape(in_dim, out_dim) + bias.reshape(out_dim)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, the function and parameters of flax's
+    ``nn.MultiHeadDotProductAttention`` (query/key/value/out, no dropout on
+    the weights), with its projections on [B*L, D] rows (see ``dense_tokens``)."""
+
+    num_heads: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(self, x):
+        b, n, d = x.shape
+        h = self.num_heads
+        if d % h:
+            raise ValueError(f"width {d} is not divisible by num_heads {h}")
+        rows = x.reshape(b * n, d)
+        kw = dict(kernel_init=self.kernel_init, dtype=self.dtype)
+        q, k, v = (
+            _HeadsDense((d, h, d // h), (h, d // h), name=name, **kw)(rows).reshape(b, n, h, -1)
+            for name in ("query", "key", "value")
+        )
+        q = q / jnp.sqrt(d // h).astype(q.dtype)
+        weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b * n, d)
+        return _HeadsDense((h, d // h, d), (d,), name="out", **kw)(out).reshape(b, n, d)
+
+
 class MlpBlock(nn.Module):
     mlp_dim: int
     dropout: float = 0.0
@@ -108,7 +172,8 @@ class MlpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        width = x.shape[-1]
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # rows: see dense_tokens
         dense = dict(
             dtype=self.dtype,
             kernel_init=nn.initializers.xavier_uniform(),
@@ -117,7 +182,7 @@ class MlpBlock(nn.Module):
         x = nn.Dense(self.mlp_dim, name="fc1", **dense)(x)
         x = nn.gelu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(width, name="fc2", **dense)(x)
+        return nn.Dense(shape[-1], name="fc2", **dense)(x).reshape(shape)
 
 
 class Block(nn.Module):
@@ -131,13 +196,7 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
-        y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
-            deterministic=True,
-            name="attn",
-        )(y, y)
+        y = SelfAttention(self.num_heads, self.dtype, name="attn")(y)
         x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
         y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(y, train)
@@ -219,7 +278,7 @@ class Model(nn.Module):
         width, p = cfg["width"], cfg["patch_size"]
         grid = (x.shape[1] // p, x.shape[2] // p)
 
-        x = nn.Dense(width, dtype=self.dtype, name="embedding")(patchify(x, p))
+        x = dense_tokens(nn.Dense(width, dtype=self.dtype, name="embedding"), patchify(x, p))
         if self.posemb == "learn":
             if self.has_variable("params", "pos_embedding"):
                 # Read, not declared: flax would check the declared shape against
