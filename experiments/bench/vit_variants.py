@@ -78,8 +78,9 @@ def gelu_sigmoid(x):
 
 
 class FusedAttention(nn.Module):
-    """One [width, 3*width] projection for q, k, v; ``kind`` "einsum" or "sdpa"
-    (jax.nn.dot_product_attention, XLA implementation)."""
+    """``kind`` "einsum" or "sdpa" (jax.nn.dot_product_attention, XLA
+    implementation): one [width, 3*width] projection for q, k, v on the rows;
+    "per_head": see ``_per_head``."""
 
     heads: int
     kind: str = "einsum"
@@ -87,6 +88,8 @@ class FusedAttention(nn.Module):
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
+        if self.kind == "per_head":
+            return self._per_head(x)
         qkv = vit.dense_tokens(nn.Dense(3 * d, kernel_init=XAVIER, name="qkv"), x)
         q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, d // self.heads), 3, axis=2)
         q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
@@ -97,11 +100,29 @@ class FusedAttention(nn.Module):
             out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
         return vit.dense_tokens(nn.Dense(d, kernel_init=XAVIER, name="out"), out.reshape(b, n, d))
 
+    def _per_head(self, x):
+        """Each head's q, k, v from its own [width, width/heads] matmul on the
+        rows, attention batched over images only, and the output projection
+        as a sum over heads: no [B, L, H, Dh] <-> [B, H, L, Dh] transposes."""
+        b, n, d = x.shape
+        h, dh = self.heads, d // self.heads
+        rows = x.reshape(b * n, d)
+        out = 0.0
+        for i in range(h):
+            q, k, v = (
+                nn.Dense(dh, kernel_init=XAVIER, name=f"{t}{i}")(rows).reshape(b, n, dh)
+                for t in "qkv"
+            )
+            s = jnp.einsum("bqd,bkd->bqk", q, k) / np.sqrt(dh)
+            o = jnp.einsum("bqk,bkd->bqd", jax.nn.softmax(s, axis=-1), v).reshape(b * n, dh)
+            out = out + nn.Dense(d, use_bias=i == 0, kernel_init=XAVIER, name=f"out{i}")(o)
+        return out.reshape(b, n, d)
+
 
 class Block(nn.Module):
     """vit.Block with swappable parts: attention ("ssl_jax": vit.SelfAttention
     as in vit.Block, "flax": flax's MultiHeadDotProductAttention on 3-D
-    tokens, "einsum", "sdpa", "none"), gelu ("tanh" as in vit.Block, "erf",
+    tokens, "einsum", "sdpa", "per_head", "none"), gelu ("tanh" as in vit.Block, "erf",
     "sigmoid", "none"), norm ("flax", "hand", "none"), and ``rows``: the MLP's
     dense layers on [batch * tokens, width] rows (vit.dense_tokens, as
     vit.Block) or on the 3-D tokens."""
@@ -173,6 +194,7 @@ VARIANTS = {
     ),
     "fused qkv, einsum attention": ("rewrite", {"attention": "einsum"}, {}),
     "fused qkv, jax.nn.dot_product_attention": ("rewrite", {"attention": "sdpa"}, {}),
+    "per-head q/k/v matmuls, no head transposes": ("rewrite", {"attention": "per_head"}, {}),
     "GELU as x*sigmoid(2z)": ("rewrite", {"gelu": "sigmoid"}, {}),
     "LayerNorm with hand-written backward": ("rewrite", {"norm": "hand"}, {}),
     "exact (erf) GELU, as torch's": ("other function", {"gelu": "erf"}, {}),
