@@ -139,6 +139,9 @@ def test_vit_variant_rewrites_compute_the_same_function():
     # GELU through the sigmoid is flax's tanh-approximate GELU.
     z = jnp.linspace(-8.0, 8.0, 2001)
     np.testing.assert_allclose(vv.gelu_sigmoid(z), nn.gelu(z), atol=2e-6)
+    np.testing.assert_allclose(vv.gelu_hand(z), nn.gelu(z), atol=2e-6)
+    grad = jax.grad(lambda z: jnp.sum(vv.gelu_hand(z)))(z)
+    np.testing.assert_allclose(grad, jax.grad(lambda z: jnp.sum(nn.gelu(z)))(z), atol=1e-5)
     # The two fused attentions agree on the same parameters.
     att = vv.FusedAttention(heads=4, kind="einsum")
     p = att.init(jax.random.PRNGKey(3), x)

@@ -77,6 +77,30 @@ def gelu_sigmoid(x):
     return x * jax.nn.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
 
 
+_C = 0.7978845608028654  # sqrt(2 / pi)
+
+
+@jax.custom_vjp
+def gelu_hand(x):
+    """tanh-approximate GELU with a hand-written backward that reuses the
+    forward's tanh (kept as the one residual besides x)."""
+    return _gelu_fwd(x)[0]
+
+
+def _gelu_fwd(x):
+    t = jnp.tanh(_C * (x + 0.044715 * x * x * x))
+    return 0.5 * x * (1.0 + t), (x, t)
+
+
+def _gelu_bwd(res, dy):
+    x, t = res
+    dz = _C * (1.0 + 3 * 0.044715 * x * x)
+    return (dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dz),)
+
+
+gelu_hand.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 class FusedAttention(nn.Module):
     """``kind`` "einsum" or "sdpa" (jax.nn.dot_product_attention, XLA
     implementation): one [width, 3*width] projection for q, k, v on the rows;
@@ -123,7 +147,7 @@ class Block(nn.Module):
     """vit.Block with swappable parts: attention ("ssl_jax": vit.SelfAttention
     as in vit.Block, "flax": flax's MultiHeadDotProductAttention on 3-D
     tokens, "einsum", "sdpa", "per_head", "none"), gelu ("tanh" as in vit.Block, "erf",
-    "sigmoid", "none"), norm ("flax", "hand", "none"), and ``rows``: the MLP's
+    "sigmoid", "hand", "none"), norm ("flax", "hand", "none"), and ``rows``: the MLP's
     dense layers on [batch * tokens, width] rows (vit.dense_tokens, as
     vit.Block) or on the 3-D tokens."""
 
@@ -161,6 +185,7 @@ class Block(nn.Module):
             "tanh": nn.gelu,
             "erf": lambda v: nn.gelu(v, approximate=False),
             "sigmoid": gelu_sigmoid,
+            "hand": gelu_hand,
             "none": lambda v: v,
         }[self.gelu](y)
         return x + self._dense(x.shape[-1], y)
@@ -196,6 +221,7 @@ VARIANTS = {
     "fused qkv, jax.nn.dot_product_attention": ("rewrite", {"attention": "sdpa"}, {}),
     "per-head q/k/v matmuls, no head transposes": ("rewrite", {"attention": "per_head"}, {}),
     "GELU as x*sigmoid(2z)": ("rewrite", {"gelu": "sigmoid"}, {}),
+    "GELU with hand-written backward": ("rewrite", {"gelu": "hand"}, {}),
     "LayerNorm with hand-written backward": ("rewrite", {"norm": "hand"}, {}),
     "exact (erf) GELU, as torch's": ("other function", {"gelu": "erf"}, {}),
     "no attention": ("ablation", {"attention": "none"}, {}),
