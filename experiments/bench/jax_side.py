@@ -122,16 +122,24 @@ class DenseStack(nn.Module):
         return x.reshape(shape)
 
 
-def _grad_steps(module, params, setting="jit"):
-    """Forward and backward of mean(module(x)^2) on [batch, tokens, width]
-    inputs, compiled with the default conv switch; no optimizer."""
-    x = jnp.asarray(data.tokens(params["batch"], params["tokens"], params["width"]))
+def grad_executable(module, x, compiler_options=None):
+    """(exe, variables): forward and backward of mean(module(x)^2), compiled
+    for ``x`` with ``compiler_options`` (default: the Eigen conv switch);
+    ``exe(variables, x)`` returns (loss, gradients). No optimizer."""
     variables = module.init(jax.random.PRNGKey(0), x)
 
     def loss(v, x):
         return jnp.mean(jnp.square(module.apply(v, x)))
 
-    exe = jax.jit(jax.value_and_grad(loss)).lower(variables, x).compile(compiler_options=EIGEN_CONV)
+    options = EIGEN_CONV if compiler_options is None else compiler_options
+    exe = jax.jit(jax.value_and_grad(loss)).lower(variables, x).compile(compiler_options=options)
+    return exe, variables
+
+
+def _grad_steps(module, params, setting="jit"):
+    """``grad_executable`` on [batch, tokens, width] inputs, timed."""
+    x = jnp.asarray(data.tokens(params["batch"], params["tokens"], params["width"]))
+    exe, variables = grad_executable(module, x)
 
     def go():
         for _ in range(params["steps"]):

@@ -32,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.bench import data  # noqa: E402
-from experiments.bench.jax_side import EIGEN_CONV  # noqa: E402
+from experiments.bench.jax_side import EIGEN_CONV, grad_executable  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
 
 XAVIER = nn.initializers.xavier_uniform()
@@ -201,9 +201,6 @@ class Stack(nn.Module):
     def __call__(self, x):
         for _ in range(self.depth):
             x = Block(self.heads, self.mlp, **self.parts)(x)
-        return self._norm_out(x)
-
-    def _norm_out(self, x):
         return x if self.parts.get("norm") == "none" else nn.LayerNorm(epsilon=1e-6)(x)
 
 
@@ -257,14 +254,8 @@ def build(name, args):
     else:
         module = Stack(args.depth, args.heads, args.mlp, parts)
     x = jnp.asarray(data.tokens(args.batch, args.tokens, args.width))
-    variables = module.init(jax.random.PRNGKey(0), x)
-
-    def loss(v, x):
-        return jnp.mean(jnp.square(module.apply(v, x)))
-
-    options = {**EIGEN_CONV, **extra}
-    options = {k: v for k, v in options.items() if v is not None}
-    exe = jax.jit(jax.value_and_grad(loss)).lower(variables, x).compile(compiler_options=options)
+    options = {k: v for k, v in {**EIGEN_CONV, **extra}.items() if v is not None}
+    exe, variables = grad_executable(module, x, options)
 
     def run():
         return jax.block_until_ready(exe(variables, x))
