@@ -86,8 +86,15 @@ def base_config() -> mlc.ConfigDict:
     c.eval.knn = mlc.ConfigDict(dict(k=20, temperature=0.07))
     # method lbfgs: at most `steps` iterations per L2 strength, to convergence
     # (ssl_jax/evaluators/linear_probe.py); adam: `steps` full-batch steps at `lr`.
+    # class_balanced: each class weighs the same in the loss (for uneven label sets).
     c.eval.linear = mlc.ConfigDict(
-        dict(method="lbfgs", steps=500, lr=0.01, l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1))
+        dict(
+            method="lbfgs",
+            steps=500,
+            lr=0.01,
+            l2_grid=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+            class_balanced=False,
+        )
     )
 
     # Fine-tuning: phase "head" trains a new linear head on the frozen backbone,
@@ -169,6 +176,8 @@ def base_config() -> mlc.ConfigDict:
     c.active.start_until = 0
     c.active.oracle = "dataset"  # dataset (reveal the true labels) | human (queries.csv, wait)
     c.active.train = "probe"  # probe (frozen features) | finetune | selftrain
+    # probe: standardise features by the labelled items' statistics or by the whole pool's.
+    c.active.standardize = "labelled"  # labelled | pool
     c.active.mc_passes = 10  # bald: MC dropout passes on the classifier's input features
     c.active.mc_dropout = 0.5
     c.active.max_clusters = 500  # typiclust

@@ -155,3 +155,55 @@ def test_start_until_must_be_a_label_count():
         config.active.start_until = -1
     with pytest.raises(ValueError, match="start_until must be >= 0"):
         active.check(config)
+
+
+def test_standardize_is_labelled_or_pool():
+    from configs import active as active_config
+    from ssl_jax.stages import active
+
+    config = active_config.get_config("mnist")
+    with config.unlocked():
+        config.active.standardize = "pool"
+    active.check(config)
+    with config.unlocked():
+        config.active.standardize = "val"
+    with pytest.raises(ValueError, match="unknown active.standardize 'val'"):
+        active.check(config)
+
+
+@pytest.mark.parametrize("standardize", ["labelled", "pool"])
+def test_probe_round_standardises_by_the_chosen_items(standardize):
+    # The features handed to the next round's selector are standardised by the
+    # labelled items' statistics or by the whole pool's, as configured.
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from configs import active as active_config
+    from ssl_jax.stages import active
+
+    config = active_config.get_config("mnist")
+    with config.unlocked():
+        config.active.standardize = standardize
+        config.eval.linear.steps = 20
+    rng = np.random.default_rng(0)
+    pool_y = rng.integers(0, 3, 300)
+    make = lambda y: (np.eye(8)[y] * 3 + rng.normal(size=(len(y), 8)) + 5).astype(np.float32)
+    feats = {"train": make(pool_y), "val": make(pool_y[:50]), "test": make(pool_y[50:100])}
+    labelled = np.flatnonzero(pool_y == 0)[:20]  # one class only: far from the pool's mean
+    labels = np.full(300, -1, np.int32)
+    labels[labelled] = 0
+    labels[np.flatnonzero(pool_y == 1)[:5]] = 1
+    store = SimpleNamespace(label_array=lambda: labels, indices=lambda: np.flatnonzero(labels >= 0))
+    split = lambda y: SimpleNamespace(labels=y)
+    ds = SimpleNamespace(
+        num_classes=3, splits={"val": split(pool_y[:50]), "test": split(pool_y[50:100])}
+    )
+    model, metrics = active.train_round(config, None, None, store, ds, feats, None)
+    pool_mean = np.abs(model["features"].mean(0)).max()
+    labelled_mean = np.abs(model["features"][labels >= 0].mean(0)).max()
+    if standardize == "pool":
+        assert pool_mean < 1e-4 and labelled_mean > 0.1
+    else:
+        assert labelled_mean < 1e-4 and pool_mean > 0.1
+    assert 0.0 <= metrics["test_acc"] <= 1.0

@@ -88,3 +88,45 @@ def test_linear_probe_lbfgs_evaluator_and_unknown_method():
     assert out["linear_test_acc"] > 0.9 and out["linear_l2"] == 1e-4
     with pytest.raises(ValueError, match="unknown linear probe method 'sgd'"):
         get_evaluator("linear_probe", method="sgd")
+
+
+def test_linear_probe_class_balanced_equals_replicating_the_rare_class():
+    # Balanced weights n / (C * n_c) give 30 items of class 0 the weight 2/3 and
+    # 10 items of class 1 the weight 2: the same objective as class 1's items
+    # repeated three times, unweighted. Both fits must reach the same optimum.
+    import jax.numpy as jnp
+
+    from ssl_jax.evaluators import linear_probe
+
+    x, y = blobs(200, 3, classes=2, spread=1.5)
+    keep = np.concatenate([np.flatnonzero(y == 0)[:30], np.flatnonzero(y == 1)[:10]])
+    x, y = x[keep], y[keep]
+    rare = y == 1
+    x_rep = np.concatenate([x[~rare], x[rare], x[rare], x[rare]])
+    y_rep = np.concatenate([y[~rare], y[rare], y[rare], y[rare]])
+    kw = dict(num_classes=2, steps=300, lr=0.0, method="lbfgs", tol=1e-6)
+    l2 = jnp.asarray([1e-2])
+    balanced = linear_probe.fit(jnp.asarray(x), jnp.asarray(y), l2, class_balanced=True, **kw)
+    replicated = linear_probe.fit(jnp.asarray(x_rep), jnp.asarray(y_rep), l2, **kw)
+    plain = linear_probe.fit(jnp.asarray(x), jnp.asarray(y), l2, **kw)
+    for a, b in zip(balanced, replicated, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3)
+    # ... and not the unweighted optimum: the rare class's bias is higher.
+    margin = lambda b: float(b[0, 1] - b[0, 0])
+    assert margin(balanced[1]) > margin(plain[1]) + 0.1
+
+
+def test_linear_probe_standardises_by_the_given_statistics():
+    feats = {
+        "train": blobs(40, 0, spread=0.7),
+        "val": blobs(200, 1, spread=0.7),
+        "test": blobs(200, 2, spread=0.7),
+    }
+    probe = get_evaluator("linear_probe", l2_grid=(1e-4,), steps=50)
+    own, _ = probe.fit(feats)
+    np.testing.assert_allclose(own.mean, feats["train"][0].mean(0), rtol=1e-6)
+    pool = blobs(500, 4, spread=0.7)[0] * 2.0 + 1.0
+    model, out = probe.fit(feats, stats_from=pool)
+    np.testing.assert_allclose(model.mean, pool.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(model.std, pool.std(0) + 1e-6, rtol=1e-6)
+    assert out["linear_test_acc"] > 0.9

@@ -4,7 +4,11 @@ Every L2 strength of the grid is fitted full-batch in one jitted program; the
 strength with the best val accuracy is kept and its test accuracy reported,
 the protocol of SimCLR's linear evaluation on cached features. The loss is
 mean cross-entropy + ``l2`` / 2 · |w|² (bias unpenalised), scikit-learn's
-LogisticRegression objective with C = 1 / (l2 · n).
+LogisticRegression objective with C = 1 / (l2 · n). With ``class_balanced``
+each item's cross-entropy is weighted by n / (C · n_class), so every class
+weighs the same however unevenly the labelled items fall (scikit-learn's
+``class_weight="balanced"``): the case of labels chosen by an acquisition
+strategy rather than drawn per class.
 
 Two optimizers (``method``):
 
@@ -32,17 +36,25 @@ import optax
 METHODS = ("lbfgs", "adam")
 
 
-@partial(jax.jit, static_argnames=("num_classes", "steps", "method"))
-def fit(x, y, l2_grid, *, num_classes, steps, lr, method="lbfgs", tol=1e-4):
+@partial(jax.jit, static_argnames=("num_classes", "steps", "method", "class_balanced"))
+def fit(
+    x, y, l2_grid, *, num_classes, steps, lr, method="lbfgs", tol=1e-4, class_balanced=False
+):
     """Returns (weights [G, D, C], biases [G, C]) for each L2 strength."""
     if method not in METHODS:
         raise ValueError(f"unknown linear probe method {method!r}; known: {', '.join(METHODS)}")
     onehot = jax.nn.one_hot(y, num_classes)
+    item_weight = jnp.ones(len(y))
+    if class_balanced:
+        counts = onehot.sum(0)
+        present = jnp.sum(counts > 0)  # classes with no item weigh nothing
+        item_weight = (len(y) / (present * counts))[y]
 
     def loss_for(l2):
         def loss_fn(p):
             logits = x @ p["w"] + p["b"]
-            xent = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
+            ce = -jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1)
+            xent = jnp.mean(item_weight * ce)
             return xent + 0.5 * l2 * jnp.sum(p["w"] ** 2)
 
         return loss_fn
@@ -123,6 +135,7 @@ class Evaluator:
         test_split: str = "test",
         prefix: str = "linear",
         num_classes: int = 0,
+        class_balanced: bool = False,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown linear probe method {method!r}; known: {', '.join(METHODS)}")
@@ -130,6 +143,7 @@ class Evaluator:
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.prefix = prefix
         self.num_classes = num_classes  # 0: one more than the largest label seen
+        self.class_balanced = class_balanced
 
     def _num_classes(self, features):
         if self.num_classes:
@@ -137,10 +151,16 @@ class Evaluator:
         labels = [features[s][1] for s in (self.train_split, self.val_split, self.test_split)]
         return int(max(y.max() for y in labels if len(y))) + 1
 
-    def fit(self, features: dict) -> tuple[LinearModel, dict]:
-        """(the probe with the best val accuracy, {metric: value})."""
+    def fit(self, features: dict, stats_from=None) -> tuple[LinearModel, dict]:
+        """(the probe with the best val accuracy, {metric: value}).
+
+        Features are standardised by the mean and std of ``stats_from`` (for
+        example every pool item's, labelled or not), by default of the train
+        split's items.
+        """
         x, y = features[self.train_split]
-        mean, std = x.mean(0), x.std(0) + 1e-6
+        ref = x if stats_from is None else stats_from
+        mean, std = ref.mean(0), ref.std(0) + 1e-6
         norm = lambda a: jnp.asarray((a - mean) / std)
         w, b = fit(
             norm(x),
@@ -150,6 +170,7 @@ class Evaluator:
             steps=self.steps,
             lr=self.lr,
             method=self.method,
+            class_balanced=self.class_balanced,
         )
 
         def accuracy(split):

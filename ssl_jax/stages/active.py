@@ -216,7 +216,8 @@ def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, di
                 "train": (feats["train"][idx], labels[idx]),
                 "val": split("val"),
                 "test": split("test"),
-            }
+            },
+            stats_from=feats["train"] if ac.standardize == "pool" else None,
         )
         model = {
             "features": np.asarray(linear.standardize(feats["train"])),
@@ -260,6 +261,8 @@ def check(config):
         raise ValueError(f"active.kmeans_restarts must be >= 1, got {ac.kmeans_restarts}")
     if ac.train not in ("probe", "finetune", "selftrain"):
         raise ValueError(f"unknown active.train {ac.train!r}: probe, finetune or selftrain")
+    if ac.standardize not in ("labelled", "pool"):
+        raise ValueError(f"unknown active.standardize {ac.standardize!r}: labelled or pool")
     if ac.train in ("finetune", "selftrain"):
         from ssl_jax.stages import finetune, selftrain
 

@@ -177,5 +177,11 @@ def knn_evaluator(config, **kw):
 def linear_evaluator(config, **kw):
     """The linear probe of ``config.eval.linear``; ``kw`` overrides its settings."""
     lc = config.eval.linear
-    settings = dict(l2_grid=tuple(lc.l2_grid), steps=lc.steps, lr=lc.lr, method=lc.method)
+    settings = dict(
+        l2_grid=tuple(lc.l2_grid),
+        steps=lc.steps,
+        lr=lc.lr,
+        method=lc.method,
+        class_balanced=lc.class_balanced,
+    )
     return get_evaluator("linear_probe", **{**settings, **kw})
