@@ -37,9 +37,7 @@ METHODS = ("lbfgs", "adam")
 
 
 @partial(jax.jit, static_argnames=("num_classes", "steps", "method", "class_balanced"))
-def fit(
-    x, y, l2_grid, *, num_classes, steps, lr, method="lbfgs", tol=1e-4, class_balanced=False
-):
+def fit(x, y, l2_grid, *, num_classes, steps, lr, method="lbfgs", tol=1e-4, class_balanced=False):
     """Returns (weights [G, D, C], biases [G, C]) for each L2 strength."""
     if method not in METHODS:
         raise ValueError(f"unknown linear probe method {method!r}; known: {', '.join(METHODS)}")
