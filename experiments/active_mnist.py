@@ -39,7 +39,7 @@ STRATEGIES = (
     "typiclust",
     "probcover",
 )
-SCHEDULE = (10, 20, 50, 100, 200, 500, 1000)
+SCHEDULE = (10, 20, 50, 100, 200, 500, 1000)  # labels after each round, by default
 
 
 def parse_strategy(text: str) -> tuple[str, str, bool]:
@@ -55,7 +55,7 @@ def parse_strategy(text: str) -> tuple[str, str, bool]:
     return (first if first in ("typiclust", "probcover") else "random"), first, False
 
 
-def run_one(root, encoder, strategy, seed, extra, start_until=100):
+def run_one(root, encoder, strategy, seed, extra, start_until=100, schedule=SCHEDULE):
     wd = os.path.join(root, f"{strategy}_s{seed}")
     if os.path.exists(os.path.join(wd, "active", "done.json")):
         return
@@ -74,7 +74,7 @@ def run_one(root, encoder, strategy, seed, extra, start_until=100):
         "--config.stages=('active',)",
         f"--config.active.strategy={strategy}",
         f"--config.active.start={start}",
-        f"--config.active.schedule={SCHEDULE}",
+        f"--config.active.schedule={tuple(schedule)}",
         f"--config.seed={seed}",
         # The probe the table was measured with (L-BFGS is the default since).
         "--config.eval.linear.method=adam",
@@ -165,6 +165,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), metavar="STRATEGY")
     p.add_argument("--start-until", type=int, default=100, help="labels for START of START-THEN")
+    p.add_argument(
+        "--schedule",
+        nargs="+",
+        type=int,
+        default=list(SCHEDULE),
+        help="labels after each round (active.schedule)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--encoder", default=os.path.join(REPO, "runs", "ssl_mnist", "simclr_s0"))
     p.add_argument("--root", default=os.path.join(REPO, "runs", "active_mnist"))
@@ -179,7 +186,7 @@ def main(argv=None):
     if not a.table_only:
         for seed in a.seeds:
             for strategy in a.strategies:
-                run_one(a.root, a.encoder, strategy, seed, extra, a.start_until)
+                run_one(a.root, a.encoder, strategy, seed, extra, a.start_until, a.schedule)
     data = curves(a.root, a.strategies, a.seeds)
     print(table(data, a.root, a.seeds))
     if a.plot:
