@@ -184,6 +184,24 @@ def test_gaussian_blur_smooths():
     np.testing.assert_allclose(_run("gaussian_blur(p=1)", flat), 77 / 255.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 64])
+def test_gaussian_blur_equals_a_reflect_padded_convolution(chunk_size):
+    # Reference: pad each axis by reflection (numpy's "reflect", edge not
+    # repeated), then sum the shifted, weighted copies. 5 taps on 12x16.
+    x = _images(h=12, w=16)
+    y = _run("gaussian_blur(sigma=1.3, kernel_size=5, p=1)", x, chunk_size=chunk_size)
+    t = np.arange(-2, 3)
+    wts = np.exp(-0.5 * (t / 1.3) ** 2)
+    wts /= wts.sum()
+    ref = x / 255.0
+    for axis, n in ((1, 12), (2, 16)):
+        pad = [(0, 0)] * 4
+        pad[axis] = (2, 2)
+        xp = np.pad(ref, pad, mode="reflect")
+        ref = sum(wt * np.take(xp, np.arange(i, i + n), axis=axis) for i, wt in enumerate(wts))
+    np.testing.assert_allclose(y, np.clip(ref, 0, 1), atol=1e-5)
+
+
 def test_color_jitter_changes_pixels_within_range():
     x = _images()
     y = _run("color_jitter(0.8, 0.8, 0.8, 0.4, p=1)", x)

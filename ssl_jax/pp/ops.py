@@ -295,15 +295,25 @@ def gaussian_blur(sigma=(0.1, 2.0), kernel_size=None, p=0.5):
         taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
         wts = jnp.exp(-0.5 * jnp.square(taps / s))
         wts = wts / jnp.sum(wts)
-        # Shifted slices rather than a conv: a per-example kernel under vmap
-        # stays plain elementwise work that XLA fuses into one pass per axis.
-        xp = jnp.pad(x, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
-        x = sum(wts[i] * xp[i : i + h] for i in range(2 * radius + 1))
-        xp = jnp.pad(x, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
-        x = sum(wts[i] * xp[:, i : i + w] for i in range(2 * radius + 1))
+        # Each axis is one matmul with a banded [n, n] matrix that holds the
+        # taps and the reflect padding: on the CPU backend 1.9x faster at 224
+        # than summing 23 shifted slices (experiments/bench/RESULTS.md).
+        x = jnp.einsum("ij,jwc->iwc", _blur_matrix(wts, h, radius), x)
+        x = jnp.einsum("vw,iwc->ivc", _blur_matrix(wts, w, radius), x)
         return jnp.clip(x, 0.0, 1.0)
 
     return _maybe(p, blur)
+
+
+def _blur_matrix(wts: jax.Array, n: int, radius: int) -> jax.Array:
+    """[n, n] matrix M with (M @ x)[i] = sum_t wts[t] * x[reflect(i + t - radius)],
+    reflect as in ``jnp.pad(mode="reflect")`` (the edge itself not repeated)."""
+    src = np.arange(n)[:, None] + np.arange(-radius, radius + 1)[None, :]
+    src = np.abs(src)  # -1 -> 1
+    src = np.where(src > n - 1, 2 * (n - 1) - src, src)  # n -> n - 2
+    rows = np.broadcast_to(np.arange(n)[:, None], src.shape)
+    vals = jnp.broadcast_to(wts, src.shape)
+    return jnp.zeros((n, n), wts.dtype).at[rows.ravel(), src.ravel()].add(vals.ravel())
 
 
 @register("solarize")
