@@ -148,3 +148,15 @@ def test_vit_variant_rewrites_compute_the_same_function():
     np.testing.assert_allclose(
         att.apply(p, x), vv.FusedAttention(heads=4, kind="sdpa").apply(p, x), atol=1e-5
     )
+
+
+def test_augment_ops_bench_runs_at_toy_size_and_the_blur_forms_agree(capsys):
+    from experiments.bench import augment_ops
+
+    rows = augment_ops.main(["--toy"])
+    names = [r["name"] for r in rows if r["part"] == "ops"]
+    assert names == list(augment_ops.op_specs(32)) and all(r["ms"] > 0 for r in rows)
+    blur = [r for r in rows if r["part"] == "blur"]
+    assert [r["name"] for r in blur] == ["shifted slices (before)", "matmuls (ssl_jax)"]
+    assert blur[1]["error"] < 1e-5
+    assert "| view 1 |" in capsys.readouterr().out

@@ -1,0 +1,153 @@
+"""SimCLR's 224 views op by op, and the Gaussian blur's two forms side by side.
+
+  .venv/bin/python experiments/bench/augment_ops.py            # batch 128, 5 repeats
+  .venv/bin/python experiments/bench/augment_ops.py --toy      # checks it runs
+
+Part 1 (``ops``): each op of ``configs/common.py``'s IMAGENET_VIEW1/VIEW2
+built alone with ``pp.build(spec, chunk_size=1)`` (one example at a time, the
+CPU default for colour images), then the two whole views. Ops that fire with
+a probability run with p = 1. "cores busy" is process CPU time over wall time.
+
+Part 2 (``blur``): the blur as ssl_jax runs it (one banded matmul per axis,
+``ssl_jax.pp.ops._blur_matrix``) against the form it replaced (23 shifted
+slices summed per axis, kept here as the reference), on the same images and
+sigmas; the largest difference between the two is printed.
+
+All settings of a part run in turn (A B A B ...) in one process, medians of
+``--repeats``.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import common  # noqa: E402
+from ssl_jax import pp  # noqa: E402
+from ssl_jax.pp import ops  # noqa: E402
+
+
+def _weights(s, radius):
+    taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    w = jnp.exp(-0.5 * jnp.square(taps / s))
+    return w / jnp.sum(w)
+
+
+def blur_slices(x, s, radius):
+    """The previous form: reflect-pad, then sum the shifted, weighted copies."""
+    h, w = x.shape[0], x.shape[1]
+    wts = _weights(s, radius)
+    xp = jnp.pad(x, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
+    x = sum(wts[i] * xp[i : i + h] for i in range(2 * radius + 1))
+    xp = jnp.pad(x, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
+    x = sum(wts[i] * xp[:, i : i + w] for i in range(2 * radius + 1))
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def blur_matmuls(x, s, radius):
+    """ssl_jax's form (``pp.ops.gaussian_blur``)."""
+    wts = _weights(s, radius)
+    x = jnp.einsum("ij,jwc->iwc", ops._blur_matrix(wts, x.shape[0], radius), x)
+    x = jnp.einsum("vw,iwc->ivc", ops._blur_matrix(wts, x.shape[1], radius), x)
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def _time(fns: dict, repeats: int) -> dict:
+    """{name: (median seconds, spread, cores busy)}; fns take no argument."""
+    for f in fns.values():
+        jax.block_until_ready(f())
+    t = {k: [] for k in fns}
+    busy = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            c0 = resource.getrusage(resource.RUSAGE_SELF)
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            dt = time.perf_counter() - t0
+            c1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
+            t[k].append(dt)
+            busy[k].append(cpu / dt)
+    out = {}
+    for k in fns:
+        m = statistics.median(t[k])
+        out[k] = (m, (max(t[k]) - min(t[k])) / m, statistics.median(busy[k]))
+    return out
+
+
+def op_specs(size: int) -> dict:
+    """{name: (spec, input is the source image)} for the ops of the 224 views."""
+    crop = ("random_resized_crop(224)", f"random_resized_crop({size})")
+    view1, view2 = common.IMAGENET_VIEW1.replace(*crop), common.IMAGENET_VIEW2.replace(*crop)
+    return {
+        "crop and resize": (f"random_resized_crop({size})", True),
+        "flip": ("flip_lr(p=1.0)", False),
+        "colour jitter": ("color_jitter(0.8, 0.8, 0.8, 0.2, p=1.0)", False),
+        "colour jitter, no hue": ("color_jitter(0.8, 0.8, 0.8, 0.0, p=1.0)", False),
+        "grayscale": ("grayscale(p=1.0)", False),
+        "gaussian blur": ("gaussian_blur(p=1.0)", False),
+        "solarize": ("solarize(p=1.0)", False),
+        "normalize": (common.IMAGENET_NORM, False),
+        "view 1": (view1, True),
+        "view 2": (view2, True),
+    }
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--source", type=int, default=256, help="side of the images before the crop")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--toy", action="store_true", help="batch 4, 32 from 40, 1 repeat")
+    a = p.parse_args(argv)
+    if a.toy:
+        a.batch, a.size, a.source, a.repeats = 4, 32, 40, 1
+    rng = np.random.default_rng(0)
+    src = jnp.asarray(rng.integers(0, 256, (a.batch, a.source, a.source, 3), dtype=np.uint8))
+    img = jnp.asarray(rng.random((a.batch, a.size, a.size, 3), dtype=np.float32))
+    key = jax.random.PRNGKey(0)
+    rows = []
+
+    fns = {}
+    for name, (spec, on_source) in op_specs(a.size).items():
+        f = jax.jit(pp.build(spec, chunk_size=1))
+        fns[name] = lambda f=f, x=(src if on_source else img): f(key, x)
+    print("| op, one example at a time | ms an image | spread | cores busy |\n|---|---|---|---|")
+    for name, (m, spread, busy) in _time(fns, a.repeats).items():
+        ms = 1000 * m / a.batch
+        rows.append({"part": "ops", "name": name, "ms": ms, "spread": spread, "busy": busy})
+        print(f"| {name} | {ms:.3f} | {spread:.0%} | {busy:.2f} |")
+
+    radius = max(3, int(0.1 * a.size) | 1) // 2  # gaussian_blur's default kernel
+    sigma = jnp.linspace(0.1, 2.0, a.batch)
+    forms = {"shifted slices (before)": blur_slices, "matmuls (ssl_jax)": blur_matmuls}
+    jitted = {
+        name: jax.jit(lambda x, s, fn=fn: jax.lax.map(lambda xs: fn(xs[0], xs[1], radius), (x, s)))
+        for name, fn in forms.items()
+    }
+    outs = {name: f(img, sigma) for name, f in jitted.items()}
+    ref = outs["shifted slices (before)"]
+    times = _time({name: (lambda f=f: f(img, sigma)) for name, f in jitted.items()}, a.repeats)
+    first = times["shifted slices (before)"][0]
+    print(f"\n| blur, {2 * radius + 1} taps | ms an image | spread | speed vs before | max diff |")
+    print("|---|---|---|---|---|")
+    for name, (m, spread, _) in times.items():
+        err = float(jnp.abs(outs[name] - ref).max())
+        ms = 1000 * m / a.batch
+        rows.append({"part": "blur", "name": name, "ms": ms, "speedup": first / m, "error": err})
+        print(f"| {name} | {ms:.3f} | {spread:.0%} | {first / m:.2f}× | {err:.1e} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
