@@ -157,6 +157,6 @@ def test_augment_ops_bench_runs_at_toy_size_and_the_blur_forms_agree(capsys):
     names = [r["name"] for r in rows if r["part"] == "ops"]
     assert names == list(augment_ops.op_specs(32)) and all(r["ms"] > 0 for r in rows)
     blur = [r for r in rows if r["part"] == "blur"]
-    assert [r["name"] for r in blur] == ["shifted slices (before)", "matmuls (ssl_jax)"]
-    assert blur[1]["error"] < 1e-5
+    assert [r["name"] for r in blur] == list(augment_ops.BLURS)
+    assert all(r["error"] < 1e-5 for r in blur)  # every form computes the same blur
     assert "| view 1 |" in capsys.readouterr().out

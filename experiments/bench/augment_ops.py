@@ -10,8 +10,10 @@ a probability run with p = 1. "cores busy" is process CPU time over wall time.
 
 Part 2 (``blur``): the blur as ssl_jax runs it (one banded matmul per axis,
 ``ssl_jax.pp.ops._blur_matrix``) against the form it replaced (23 shifted
-slices summed per axis, kept here as the reference), on the same images and
-sigmas; the largest difference between the two is printed.
+slices summed per axis, kept here as the reference) and two other matmul
+forms that were tried, on the same images and sigmas; each form's largest
+difference from the reference is printed. ``--parts ops`` alone also runs in
+a checkout from before ``_blur_matrix`` existed.
 
 All settings of a part run in turn (A B A B ...) in one process, medians of
 ``--repeats``.
@@ -61,6 +63,32 @@ def blur_matmuls(x, s, radius):
     return jnp.clip(x, 0.0, 1.0)
 
 
+def blur_channels_first(x, s, radius):
+    """Tried: channels first, so that both axes are plain [n, n] @ [n, m] matmuls."""
+    wts = _weights(s, radius)
+    y = jnp.transpose(x, (2, 0, 1))
+    y = jnp.einsum("ij,cjw->ciw", ops._blur_matrix(wts, x.shape[0], radius), y)
+    y = jnp.einsum("ciw,vw->civ", y, ops._blur_matrix(wts, x.shape[1], radius))
+    return jnp.clip(jnp.transpose(y, (1, 2, 0)), 0.0, 1.0)
+
+
+def blur_kron(x, s, radius):
+    """Tried: the width axis as one [w·c, w·c] matmul (Kronecker product with the channels)."""
+    h, w, c = x.shape
+    wts = _weights(s, radius)
+    y = ops._blur_matrix(wts, h, radius) @ x.reshape(h, w * c)
+    y = y @ jnp.kron(ops._blur_matrix(wts, w, radius).T, jnp.eye(c))
+    return jnp.clip(y.reshape(h, w, c), 0.0, 1.0)
+
+
+BLURS = {
+    "shifted slices (before)": blur_slices,
+    "matmuls (ssl_jax)": blur_matmuls,
+    "matmuls, channels first": blur_channels_first,
+    "matmuls, width ⊗ channels": blur_kron,
+}
+
+
 def _time(fns: dict, repeats: int) -> dict:
     """{name: (median seconds, spread, cores busy)}; fns take no argument."""
     for f in fns.values():
@@ -108,6 +136,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--source", type=int, default=256, help="side of the images before the crop")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--parts", nargs="+", choices=("ops", "blur"), default=["ops", "blur"])
     p.add_argument("--toy", action="store_true", help="batch 4, 32 from 40, 1 repeat")
     a = p.parse_args(argv)
     if a.toy:
@@ -118,7 +147,15 @@ def main(argv=None) -> list[dict]:
     key = jax.random.PRNGKey(0)
     rows = []
 
-    fns = {}
+    if "ops" in a.parts:
+        rows += _ops(a, src, img, key)
+    if "blur" in a.parts:
+        rows += _blurs(a, img)
+    return rows
+
+
+def _ops(a, src, img, key) -> list[dict]:
+    rows, fns = [], {}
     for name, (spec, on_source) in op_specs(a.size).items():
         f = jax.jit(pp.build(spec, chunk_size=1))
         fns[name] = lambda f=f, x=(src if on_source else img): f(key, x)
@@ -127,13 +164,16 @@ def main(argv=None) -> list[dict]:
         ms = 1000 * m / a.batch
         rows.append({"part": "ops", "name": name, "ms": ms, "spread": spread, "busy": busy})
         print(f"| {name} | {ms:.3f} | {spread:.0%} | {busy:.2f} |")
+    return rows
 
+
+def _blurs(a, img) -> list[dict]:
+    rows = []
     radius = max(3, int(0.1 * a.size) | 1) // 2  # gaussian_blur's default kernel
     sigma = jnp.linspace(0.1, 2.0, a.batch)
-    forms = {"shifted slices (before)": blur_slices, "matmuls (ssl_jax)": blur_matmuls}
     jitted = {
         name: jax.jit(lambda x, s, fn=fn: jax.lax.map(lambda xs: fn(xs[0], xs[1], radius), (x, s)))
-        for name, fn in forms.items()
+        for name, fn in BLURS.items()
     }
     outs = {name: f(img, sigma) for name, f in jitted.items()}
     ref = outs["shifted slices (before)"]
