@@ -296,7 +296,7 @@ def gaussian_blur(sigma=(0.1, 2.0), kernel_size=None, p=0.5):
         wts = jnp.exp(-0.5 * jnp.square(taps / s))
         wts = wts / jnp.sum(wts)
         # Each axis is one matmul with a banded [n, n] matrix that holds the
-        # taps and the reflect padding: on the CPU backend 1.9x faster at 224
+        # taps and the reflect padding: on the CPU backend ~2x faster at 224
         # than summing 23 shifted slices (experiments/bench/RESULTS.md).
         x = jnp.einsum("ij,jwc->iwc", _blur_matrix(wts, h, radius), x)
         x = jnp.einsum("vw,iwc->ivc", _blur_matrix(wts, w, radius), x)
