@@ -38,16 +38,10 @@ from ssl_jax import pp  # noqa: E402
 from ssl_jax.pp import ops  # noqa: E402
 
 
-def _weights(s, radius):
-    taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-    w = jnp.exp(-0.5 * jnp.square(taps / s))
-    return w / jnp.sum(w)
-
-
 def blur_slices(x, s, radius):
     """The previous form: reflect-pad, then sum the shifted, weighted copies."""
     h, w = x.shape[0], x.shape[1]
-    wts = _weights(s, radius)
+    wts = ops.gaussian_taps(s, radius)
     xp = jnp.pad(x, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
     x = sum(wts[i] * xp[i : i + h] for i in range(2 * radius + 1))
     xp = jnp.pad(x, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
@@ -57,15 +51,12 @@ def blur_slices(x, s, radius):
 
 def blur_matmuls(x, s, radius):
     """ssl_jax's form (``pp.ops.gaussian_blur``)."""
-    wts = _weights(s, radius)
-    x = jnp.einsum("ij,jwc->iwc", ops._blur_matrix(wts, x.shape[0], radius), x)
-    x = jnp.einsum("vw,iwc->ivc", ops._blur_matrix(wts, x.shape[1], radius), x)
-    return jnp.clip(x, 0.0, 1.0)
+    return jnp.clip(ops.separable_blur(x, ops.gaussian_taps(s, radius), radius), 0.0, 1.0)
 
 
 def blur_channels_first(x, s, radius):
     """Tried: channels first, so that both axes are plain [n, n] @ [n, m] matmuls."""
-    wts = _weights(s, radius)
+    wts = ops.gaussian_taps(s, radius)
     y = jnp.transpose(x, (2, 0, 1))
     y = jnp.einsum("ij,cjw->ciw", ops._blur_matrix(wts, x.shape[0], radius), y)
     y = jnp.einsum("ciw,vw->civ", y, ops._blur_matrix(wts, x.shape[1], radius))
@@ -75,7 +66,7 @@ def blur_channels_first(x, s, radius):
 def blur_kron(x, s, radius):
     """Tried: the width axis as one [w·c, w·c] matmul (Kronecker product with the channels)."""
     h, w, c = x.shape
-    wts = _weights(s, radius)
+    wts = ops.gaussian_taps(s, radius)
     y = ops._blur_matrix(wts, h, radius) @ x.reshape(h, w * c)
     y = y @ jnp.kron(ops._blur_matrix(wts, w, radius).T, jnp.eye(c))
     return jnp.clip(y.reshape(h, w, c), 0.0, 1.0)
