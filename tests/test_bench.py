@@ -150,7 +150,7 @@ def test_vit_variant_rewrites_compute_the_same_function():
     )
 
 
-def test_augment_ops_bench_runs_at_toy_size_and_the_blur_forms_agree(capsys):
+def test_augment_ops_bench_runs_at_toy_size_and_the_forms_agree(capsys):
     from experiments.bench import augment_ops
 
     rows = augment_ops.main(["--toy"])
@@ -159,4 +159,7 @@ def test_augment_ops_bench_runs_at_toy_size_and_the_blur_forms_agree(capsys):
     blur = [r for r in rows if r["part"] == "blur"]
     assert [r["name"] for r in blur] == list(augment_ops.BLURS)
     assert all(r["error"] < 1e-5 for r in blur)  # every form computes the same blur
+    hue = [r for r in rows if r["part"] == "hue"]
+    assert [r["name"] for r in hue] == list(augment_ops.HUES)
+    assert all(r["error"] < 1e-5 for r in hue)  # shifts from -0.5 to 0.5 turns
     assert "| view 1 |" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax.pp import OPS, build, build_views, parse
-from ssl_jax.pp.ops import hsv_to_rgb, rgb_to_hsv
+from ssl_jax.pp.ops import _hue, hsv_to_rgb, rgb_to_hsv
 
 B, H, W = 8, 16, 16
 
@@ -216,6 +216,26 @@ def test_hsv_matches_colorsys():
     ref = np.array([colorsys.rgb_to_hsv(*map(float, p)) for p in rgb])
     np.testing.assert_allclose(hsv, ref, atol=1e-5)
     np.testing.assert_allclose(np.asarray(hsv_to_rgb(jnp.asarray(hsv))), rgb, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [-0.5, -0.2, 0.0, 0.1, 0.37, 0.5])
+def test_hue_shift_matches_colorsys(d):
+    rgb = np.random.RandomState(2).rand(300, 3).astype(np.float32)
+    # Gray, black, white, each primary and secondary, and ties for the max.
+    rgb[:9] = [
+        [0, 0, 0],
+        [1, 1, 1],
+        [0.5, 0.5, 0.5],
+        [1, 0, 0],
+        [0, 1, 0],
+        [0, 0, 1],
+        [0, 1, 1],
+        [1, 1, 0],
+        [0.2, 0.7, 0.7],
+    ]
+    hsv = (colorsys.rgb_to_hsv(*map(float, p)) for p in rgb)
+    ref = np.array([colorsys.hsv_to_rgb((h + d) % 1.0, s, v) for h, s, v in hsv])
+    np.testing.assert_allclose(np.asarray(_hue(jnp.asarray(rgb), d)), ref, atol=2e-6)
 
 
 # --- parser -------------------------------------------------------------

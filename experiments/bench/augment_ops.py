@@ -15,6 +15,11 @@ forms that were tried, on the same images and sigmas; each form's largest
 difference from the reference is printed. ``--parts ops`` alone also runs in
 a checkout from before ``_blur_matrix`` existed.
 
+Part 3 (``hue``): colour jitter's hue shift as ssl_jax runs it
+(``ssl_jax.pp.ops._hue``, one fused pass with selects) against the form it
+replaced (``rgb_to_hsv``, ``jnp.mod`` on h, ``hsv_to_rgb``, kept here as the
+reference), on the same images and shifts.
+
 All settings of a part run in turn (A B A B ...) in one process, medians of
 ``--repeats``.
 """
@@ -72,6 +77,15 @@ def blur_kron(x, s, radius):
     return jnp.clip(y.reshape(h, w, c), 0.0, 1.0)
 
 
+def hue_round_trip(x, d):
+    """The previous form of the hue shift: to HSV, shift h modulo 1, back to RGB."""
+    hsv = ops.rgb_to_hsv(x)
+    hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + d, 1.0))
+    return jnp.clip(ops.hsv_to_rgb(hsv), 0.0, 1.0)
+
+
+HUES = {"HSV round trip (before)": hue_round_trip, "fused, selects (ssl_jax)": ops._hue}
+
 BLURS = {
     "shifted slices (before)": blur_slices,
     "matmuls (ssl_jax)": blur_matmuls,
@@ -127,7 +141,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--source", type=int, default=256, help="side of the images before the crop")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--parts", nargs="+", choices=("ops", "blur"), default=["ops", "blur"])
+    p.add_argument(
+        "--parts", nargs="+", choices=("ops", "blur", "hue"), default=["ops", "blur", "hue"]
+    )
     p.add_argument("--toy", action="store_true", help="batch 4, 32 from 40, 1 repeat")
     a = p.parse_args(argv)
     if a.toy:
@@ -141,7 +157,13 @@ def main(argv=None) -> list[dict]:
     if "ops" in a.parts:
         rows += _ops(a, src, img, key)
     if "blur" in a.parts:
-        rows += _blurs(a, img)
+        radius = max(3, int(0.1 * a.size) | 1) // 2  # gaussian_blur's default kernel
+        blurs = {k: (lambda x, s, f=f: f(x, s, radius)) for k, f in BLURS.items()}
+        sigma = jnp.linspace(0.1, 2.0, a.batch)
+        rows += _forms(a, "blur", f"blur, {2 * radius + 1} taps", blurs, img, sigma)
+    if "hue" in a.parts:
+        shift = jnp.linspace(-0.5, 0.5, a.batch)
+        rows += _forms(a, "hue", "hue shift", HUES, img, shift)
     return rows
 
 
@@ -158,24 +180,24 @@ def _ops(a, src, img, key) -> list[dict]:
     return rows
 
 
-def _blurs(a, img) -> list[dict]:
+def _forms(a, part: str, title: str, forms: dict, img, param) -> list[dict]:
+    """Time ``forms`` (``fn(image, param)``, the first is the reference) one
+    example at a time over the batch; print and return their rows."""
     rows = []
-    radius = max(3, int(0.1 * a.size) | 1) // 2  # gaussian_blur's default kernel
-    sigma = jnp.linspace(0.1, 2.0, a.batch)
     jitted = {
-        name: jax.jit(lambda x, s, fn=fn: jax.lax.map(lambda xs: fn(xs[0], xs[1], radius), (x, s)))
-        for name, fn in BLURS.items()
+        name: jax.jit(lambda x, p, fn=fn: jax.lax.map(lambda xs: fn(xs[0], xs[1]), (x, p)))
+        for name, fn in forms.items()
     }
-    outs = {name: f(img, sigma) for name, f in jitted.items()}
-    ref = outs["shifted slices (before)"]
-    times = _time({name: (lambda f=f: f(img, sigma)) for name, f in jitted.items()}, a.repeats)
-    first = times["shifted slices (before)"][0]
-    print(f"\n| blur, {2 * radius + 1} taps | ms an image | spread | speed vs before | max diff |")
+    outs = {name: f(img, param) for name, f in jitted.items()}
+    ref_name = next(iter(forms))
+    times = _time({name: (lambda f=f: f(img, param)) for name, f in jitted.items()}, a.repeats)
+    first = times[ref_name][0]
+    print(f"\n| {title} | ms an image | spread | speed vs before | max diff |")
     print("|---|---|---|---|---|")
     for name, (m, spread, _) in times.items():
-        err = float(jnp.abs(outs[name] - ref).max())
+        err = float(jnp.abs(outs[name] - outs[ref_name]).max())
         ms = 1000 * m / a.batch
-        rows.append({"part": "blur", "name": name, "ms": ms, "speedup": first / m, "error": err})
+        rows.append({"part": part, "name": name, "ms": ms, "speedup": first / m, "error": err})
         print(f"| {name} | {ms:.3f} | {spread:.0%} | {first / m:.2f}× | {err:.1e} |")
     return rows
 
