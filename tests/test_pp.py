@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ssl_jax.pp import OPS, build, build_views, parse
-from ssl_jax.pp.ops import _hue, hsv_to_rgb, rgb_to_hsv
+from ssl_jax.pp.ops import _CROP_DENSE_MAX, _hue, crop_linear, hsv_to_rgb, rgb_to_hsv
 
 B, H, W = 8, 16, 16
 
@@ -150,6 +150,30 @@ def test_random_crop_is_window_of_zero_padded_image():
 def test_center_crop_values():
     x = _images() / np.float32(255)
     np.testing.assert_array_equal(_run("center_crop(8)", x), x[:, 4:12, 4:12])
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (0.0, 0.0, 40.0, 24.0),  # the whole height, downscaled
+        (3.3, 10.1, 7.2, 9.9),  # small box, upscaled
+        (0.0, 0.0, 1.0, 1.0),  # one pixel, at each corner
+        (39.0, 23.0, 1.0, 1.0),
+        (25.5, 0.0, 14.5, 24.0),  # touching the bottom and both sides
+    ],
+)
+@pytest.mark.parametrize("n", [28, 40])  # small images take the dense path
+def test_crop_linear_matches_scale_and_translate(box, n):
+    assert (n * (n - 4) <= _CROP_DENSE_MAX) == (n == 28)
+    x = jnp.asarray(np.random.RandomState(3).rand(n, n - 4, 3).astype(np.float32))
+    y0, x0, ch, cw = box
+    y0, ch = y0 * n / 40, ch * n / 40  # the boxes below are for n = 40
+    sc = jnp.array([24 / ch, 20 / cw])
+    ref = jax.image.scale_and_translate(
+        x, (24, 20, 3), (0, 1), sc, -jnp.array([y0, x0]) * sc, method="linear", antialias=False
+    )
+    y = jax.jit(crop_linear, static_argnums=(5, 6))(x, y0, x0, ch, cw, 24, 20)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)
 
 
 def test_random_resized_crop_full_box_downscale():

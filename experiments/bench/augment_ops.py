@@ -20,6 +20,11 @@ Part 3 (``hue``): colour jitter's hue shift as ssl_jax runs it
 replaced (``rgb_to_hsv``, ``jnp.mod`` on h, ``hsv_to_rgb``, kept here as the
 reference), on the same images and shifts.
 
+Part 4 (``crop``): the bilinear crop-and-resize of ``random_resized_crop`` as
+ssl_jax runs it (``ssl_jax.pp.ops.crop_linear``, two-tap gathers) against
+``jax.image.scale_and_translate`` (dense weight matrices, the reference), on
+the same source images and boxes.
+
 All settings of a part run in turn (A B A B ...) in one process, medians of
 ``--repeats``.
 """
@@ -84,6 +89,19 @@ def hue_round_trip(x, d):
     return jnp.clip(ops.hsv_to_rgb(hsv), 0.0, 1.0)
 
 
+def crop_scale_and_translate(x, y0, x0, ch, cw, out_h, out_w):
+    """The previous form of the crop's resize: dense [out, in] weights per axis."""
+    sc = jnp.stack([out_h / ch, out_w / cw])
+    shape = (out_h, out_w, x.shape[2])
+    tr = -jnp.stack([y0, x0]) * sc
+    return jax.image.scale_and_translate(x, shape, (0, 1), sc, tr, method="linear", antialias=False)
+
+
+CROPS = {
+    "scale_and_translate (before)": crop_scale_and_translate,
+    "gathers (ssl_jax)": ops.crop_linear,
+}
+
 HUES = {"HSV round trip (before)": hue_round_trip, "fused, selects (ssl_jax)": ops._hue}
 
 BLURS = {
@@ -142,7 +160,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--source", type=int, default=256, help="side of the images before the crop")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument(
-        "--parts", nargs="+", choices=("ops", "blur", "hue"), default=["ops", "blur", "hue"]
+        "--parts",
+        nargs="+",
+        choices=("ops", "blur", "hue", "crop"),
+        default=["ops", "blur", "hue", "crop"],
     )
     p.add_argument("--toy", action="store_true", help="batch 4, 32 from 40, 1 repeat")
     a = p.parse_args(argv)
@@ -164,6 +185,18 @@ def main(argv=None) -> list[dict]:
     if "hue" in a.parts:
         shift = jnp.linspace(-0.5, 0.5, a.batch)
         rows += _forms(a, "hue", "hue shift", HUES, img, shift)
+    if "crop" in a.parts:
+        # Boxes as random_resized_crop draws them: area 8-100%, aspect 3/4-4/3.
+        n = a.source
+        side = np.sqrt(rng.uniform(0.08, 1.0, a.batch)) * n
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), a.batch))
+        ch, cw = np.minimum(side / np.sqrt(aspect), n), np.minimum(side * np.sqrt(aspect), n)
+        box = np.stack([rng.random(a.batch) * (n - ch), rng.random(a.batch) * (n - cw), ch, cw], 1)
+        crops = {k: (lambda x, b, f=f: f(x, *b, a.size, a.size)) for k, f in CROPS.items()}
+        title = f"crop {a.source} → {a.size}"
+        rows += _forms(
+            a, "crop", title, crops, src.astype(jnp.float32) / 255, jnp.asarray(box, jnp.float32)
+        )
     return rows
 
 
