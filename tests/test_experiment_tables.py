@@ -68,3 +68,35 @@ def test_few_labels_variant_rows(tmp_path):
     for bad in ("no_colon", ":--config.a=1", "a b:--config.a=1"):
         with pytest.raises(SystemExit, match="NAME:OVERRIDES"):
             fl.parse_variant(bad)
+
+
+def test_active_mnist_strategy_names():
+    from experiments import active_mnist
+
+    assert active_mnist.parse_strategy("badge") == ("random", "badge", False)
+    assert active_mnist.parse_strategy("probcover") == ("probcover", "probcover", False)
+    assert active_mnist.parse_strategy("typiclust-margin") == ("typiclust", "margin", True)
+    for bad in ("badg", "typiclust-", "typiclust-bogus"):
+        with pytest.raises(Exception, match="unknown strategy"):
+            active_mnist.parse_strategy(bad)
+
+
+def test_active_mnist_table_from_round_results(tmp_path):
+    from experiments import active_mnist
+
+    def fake(strategy, seed, accs, wall):
+        wd = tmp_path / f"{strategy}_s{seed}"
+        os.makedirs(wd / "active")
+        rounds = [{"num_labels": n, "test_acc": a} for n, a in accs.items()]
+        (wd / "active" / "results.json").write_text(json.dumps({"rounds": rounds}))
+        (wd / "wall_s.json").write_text(json.dumps({"wall_s": wall}))
+
+    fake("random", 0, {10: 0.50, 20: 0.60}, 100.0)
+    fake("random", 1, {10: 0.70, 20: 0.80}, 300.0)
+    fake("badge", 0, {10: 0.55}, 50.0)  # one seed, stopped after one round
+    data = active_mnist.curves(str(tmp_path), ["random", "badge", "margin"], [0, 1])
+    assert set(data) == {"random", "badge"}  # margin never ran
+    lines = active_mnist.table(data, str(tmp_path), [0, 1]).splitlines()
+    assert lines[0] == "| strategy | 10 | 20 | wall (s), mean |"
+    assert lines[2] == "| random | 60.00 ± 14.14 | 70.00 ± 14.14 | 200 |"
+    assert lines[3] == "| badge | 55.00 | — | 50 |"

@@ -15,21 +15,30 @@ forms that were tried, on the same images and sigmas; each form's largest
 difference from the reference is printed. ``--parts ops`` alone also runs in
 a checkout from before ``_blur_matrix`` existed.
 
-Part 3 (``hue``): colour jitter's hue shift as ssl_jax runs it
-(``ssl_jax.pp.ops._hue``, one fused pass with selects) against the form it
-replaced (``rgb_to_hsv``, ``jnp.mod`` on h, ``hsv_to_rgb``, kept here as the
-reference), on the same images and shifts.
+Parts 3 (``hue``) and 4 (``crop``): an op built from its spec the way the
+pipeline builds it (``pp.build(spec, chunk_size=1)``), once with the ssl_jax
+function inside it and once with the one it replaced, kept here as the
+reference; same images and keys, so the same draws. Part 3 is the 224 views'
+colour jitter (at p = 1) with ``ssl_jax.pp.ops._hue`` (one fused pass with
+selects) against ``rgb_to_hsv``, ``jnp.mod`` on h, ``hsv_to_rgb``. Part 4 is
+``random_resized_crop`` with ``ssl_jax.pp.ops.crop_linear`` (two-tap
+gathers) against ``jax.image.scale_and_translate`` (dense weight matrices),
+at 224 and in MNIST's view (``configs/common.py``'s MNIST_VIEW, 28x28, in
+vmapped chunks of 64 as the CPU default runs one channel), where
+``crop_linear`` uses small matmuls instead of gathers.
 
-Part 4 (``crop``): the bilinear crop-and-resize of ``random_resized_crop`` as
-ssl_jax runs it (``ssl_jax.pp.ops.crop_linear``, two-tap gathers) against
-``jax.image.scale_and_translate`` (dense weight matrices, the reference), on
-the same source images and boxes.
+The hue shift is timed inside colour jitter because its cost depends on
+where it sits: as the first and last op of the one-example loop body (a
+bare function in a ``lax.map``, or colour jitter with hue alone), both forms
+took 1.5-2.4 ms an image on 2026-12-05; inside colour jitter's random-order
+``lax.switch``, as the views run it, the new form took ~0.25 ms.
 
 All settings of a part run in turn (A B A B ...) in one process, medians of
 ``--repeats``.
 """
 
 import argparse
+import functools
 import os
 import resource
 import statistics
@@ -99,7 +108,8 @@ def crop_scale_and_translate(x, y0, x0, ch, cw, out_h, out_w):
 
 CROPS = {
     "scale_and_translate (before)": crop_scale_and_translate,
-    "gathers (ssl_jax)": ops.crop_linear,
+    "ssl_jax (gathers; small images: matmuls)": ops.crop_linear,
+    "gathers at every size": functools.partial(ops.crop_linear, dense_max=0),
 }
 
 HUES = {"HSV round trip (before)": hue_round_trip, "fused, selects (ssl_jax)": ops._hue}
@@ -183,19 +193,15 @@ def main(argv=None) -> list[dict]:
         sigma = jnp.linspace(0.1, 2.0, a.batch)
         rows += _forms(a, "blur", f"blur, {2 * radius + 1} taps", blurs, img, sigma)
     if "hue" in a.parts:
-        shift = jnp.linspace(-0.5, 0.5, a.batch)
-        rows += _forms(a, "hue", "hue shift", HUES, img, shift)
+        spec = "color_jitter(0.8, 0.8, 0.8, 0.2, p=1.0)"
+        rows += _op_forms(a, "hue", "colour jitter, hue by", spec, "_hue", HUES, img, key)
     if "crop" in a.parts:
-        # Boxes as random_resized_crop draws them: area 8-100%, aspect 3/4-4/3.
-        n = a.source
-        side = np.sqrt(rng.uniform(0.08, 1.0, a.batch)) * n
-        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), a.batch))
-        ch, cw = np.minimum(side / np.sqrt(aspect), n), np.minimum(side * np.sqrt(aspect), n)
-        box = np.stack([rng.random(a.batch) * (n - ch), rng.random(a.batch) * (n - cw), ch, cw], 1)
-        crops = {k: (lambda x, b, f=f: f(x, *b, a.size, a.size)) for k, f in CROPS.items()}
-        title = f"crop {a.source} → {a.size}"
-        rows += _forms(
-            a, "crop", title, crops, src.astype(jnp.float32) / 255, jnp.asarray(box, jnp.float32)
+        spec, title = f"random_resized_crop({a.size})", f"crop {a.source} → {a.size}"
+        rows += _op_forms(a, "crop", title, spec, "crop_linear", CROPS, src, key)
+        digits = jnp.asarray(rng.integers(0, 256, (4 * a.batch, 28, 28, 1), dtype=np.uint8))
+        title = f"MNIST view, batch {4 * a.batch}, chunks of 64"
+        rows += _op_forms(
+            a, "crop", title, common.MNIST_VIEW, "crop_linear", CROPS, digits, key, 64
         )
     return rows
 
@@ -213,26 +219,47 @@ def _ops(a, src, img, key) -> list[dict]:
     return rows
 
 
-def _forms(a, part: str, title: str, forms: dict, img, param) -> list[dict]:
-    """Time ``forms`` (``fn(image, param)``, the first is the reference) one
-    example at a time over the batch; print and return their rows."""
-    rows = []
-    jitted = {
-        name: jax.jit(lambda x, p, fn=fn: jax.lax.map(lambda xs: fn(xs[0], xs[1]), (x, p)))
-        for name, fn in forms.items()
-    }
-    outs = {name: f(img, param) for name, f in jitted.items()}
-    ref_name = next(iter(forms))
-    times = _time({name: (lambda f=f: f(img, param)) for name, f in jitted.items()}, a.repeats)
+def _op_forms(a, part, title, spec, attr, forms, images, key, chunk_size=1) -> list[dict]:
+    """``spec`` built once per form with ``ops.<attr>`` replaced by it; each
+    is traced and compiled while replaced. The first form is the reference."""
+    saved, compiled = getattr(ops, attr), {}
+    try:
+        for name, fn in forms.items():
+            setattr(ops, attr, fn)
+            f = jax.jit(pp.build(spec, chunk_size=chunk_size))
+            compiled[name] = f.lower(key, images).compile()
+    finally:
+        setattr(ops, attr, saved)
+    fns = {k: (lambda f=f: f(key, images)) for k, f in compiled.items()}
+    return _report(a, part, title, fns, images.shape[0])
+
+
+def _report(a, part, title, fns: dict, n: int) -> list[dict]:
+    """Time ``fns`` side by side and print each against the first."""
+    outs = {name: f() for name, f in fns.items()}
+    ref_name = next(iter(fns))
+    times = _time(fns, a.repeats)
     first = times[ref_name][0]
+    rows = []
     print(f"\n| {title} | ms an image | spread | speed vs before | max diff |")
     print("|---|---|---|---|---|")
     for name, (m, spread, _) in times.items():
         err = float(jnp.abs(outs[name] - outs[ref_name]).max())
-        ms = 1000 * m / a.batch
+        ms = 1000 * m / n
         rows.append({"part": part, "name": name, "ms": ms, "speedup": first / m, "error": err})
         print(f"| {name} | {ms:.3f} | {spread:.0%} | {first / m:.2f}× | {err:.1e} |")
     return rows
+
+
+def _forms(a, part: str, title: str, forms: dict, img, param) -> list[dict]:
+    """Time ``forms`` (``fn(image, param)``, the first is the reference) one
+    example at a time over the batch in a ``lax.map``."""
+    jitted = {
+        name: jax.jit(lambda x, p, fn=fn: jax.lax.map(lambda xs: fn(xs[0], xs[1]), (x, p)))
+        for name, fn in forms.items()
+    }
+    fns = {k: (lambda f=f: f(img, param)) for k, f in jitted.items()}
+    return _report(a, part, title, fns, img.shape[0])
 
 
 if __name__ == "__main__":

@@ -151,23 +151,25 @@ def _linear_taps(start, extent, n_out: int, n_in: int):
     return i0, jnp.minimum(i0 + 1, n_in - 1), u - i0
 
 
-def crop_linear(x, y0, x0, ch, cw, out_h: int, out_w: int) -> jax.Array:
+def crop_linear(x, y0, x0, ch, cw, out_h: int, out_w: int, dense_max=None) -> jax.Array:
     """The box ``[y0, y0 + ch) x [x0, x0 + cw)`` of ``x`` ([H, W, C]),
     bilinearly resized to ``[out_h, out_w, C]``; the box may be traced.
 
     The same result as ``jax.image.scale_and_translate(..., method="linear",
     antialias=False)`` (to float rounding of the sample positions), which
     multiplies by dense [out, in] weight matrices whatever the size. Here
-    each output pixel gathers its two rows, then its two columns: ~7x less
-    time for 224 views from 256 images, ~3x at 64 from 72. Images of at most
-    ``_CROP_DENSE_MAX`` pixels keep two small matmuls: at 28x28 after
-    ``random_affine`` under vmap, the gathers took twice as long
-    (experiments/bench/augment_ops.py, part ``crop``).
+    each output pixel gathers its two rows, then its two columns:
+    ``random_resized_crop(224)`` from 256 images went from ~1.6 to ~0.65 ms
+    an image on CPU (experiments/bench/augment_ops.py, part ``crop``).
+    Images of at most ``_CROP_DENSE_MAX`` pixels keep two small matmuls:
+    for MNIST's views (28x28 after ``random_affine``, under vmap) the
+    gathers took twice as long as scale_and_translate, these matmuls 0.8x
+    its time. ``dense_max`` overrides that bound.
     """
     h, w = x.shape[0], x.shape[1]
     a0, a1, fa = _linear_taps(y0, ch, out_h, h)
     b0, b1, fb = _linear_taps(x0, cw, out_w, w)
-    if h * w <= _CROP_DENSE_MAX:
+    if h * w <= (_CROP_DENSE_MAX if dense_max is None else dense_max):
         hi = jax.lax.Precision.HIGHEST  # no TF32 on GPU
         y = jnp.einsum("oh,hwc->owc", _tap_matrix(a0, a1, fa, h), x, precision=hi)
         return jnp.einsum("pw,owc->opc", _tap_matrix(b0, b1, fb, w), y, precision=hi)
@@ -271,9 +273,9 @@ def _hue(x, d):
     ``rgb_to_hsv`` with h shifted, fused into one pass.
 
     Same formulas, rearranged: v * s is the pixel's max - min, the hue is
-    kept in sixths (one division, not three), and ``mod`` is replaced by
-    selects. ``jnp.mod`` made the round trip ~6x slower on CPU (measured in
-    experiments/bench/augment_ops.py, part ``hue``).
+    kept in sixths (one division, not three), and ``jnp.mod`` is replaced by
+    selects. In the 224 views' colour jitter on CPU the shift went from ~1.2
+    to ~0.25 ms an image (experiments/bench/augment_ops.py, part ``hue``).
     """
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     maxc = jnp.maximum(jnp.maximum(r, g), b)
