@@ -1,4 +1,4 @@
-"""SimCLR's 224 views op by op, and the Gaussian blur's two forms side by side.
+"""SimCLR's 224 views op by op; the blur, hue shift and crop before and after, side by side.
 
   .venv/bin/python experiments/bench/augment_ops.py            # batch 128, 5 repeats
   .venv/bin/python experiments/bench/augment_ops.py --toy      # checks it runs
@@ -27,11 +27,12 @@ at 224 and in MNIST's view (``configs/common.py``'s MNIST_VIEW, 28x28, in
 vmapped chunks of 64 as the CPU default runs one channel), where
 ``crop_linear`` uses small matmuls instead of gathers.
 
-The hue shift is timed inside colour jitter because its cost depends on
-where it sits: as the first and last op of the one-example loop body (a
-bare function in a ``lax.map``, or colour jitter with hue alone), both forms
-took 1.5-2.4 ms an image on 2026-12-05; inside colour jitter's random-order
-``lax.switch``, as the views run it, the new form took ~0.25 ms.
+The hue shift is timed inside colour jitter with all four parts because its
+cost depends on where it sits. Alone in the one-example loop body
+(``color_jitter(0, 0, 0, 0.5, p=1.0)``, or a bare function in a
+``lax.map``) the old and new forms took 2.4 and 1.8 ms an image on
+2026-12-05; inside colour jitter's random-order ``lax.switch``, as the views
+run it, the new form adds ~0.2 ms to the other three parts.
 
 All settings of a part run in turn (A B A B ...) in one process, medians of
 ``--repeats``.

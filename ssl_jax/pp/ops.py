@@ -162,9 +162,9 @@ def crop_linear(x, y0, x0, ch, cw, out_h: int, out_w: int, dense_max=None) -> ja
     ``random_resized_crop(224)`` from 256 images went from ~1.6 to ~0.65 ms
     an image on CPU (experiments/bench/augment_ops.py, part ``crop``).
     Images of at most ``_CROP_DENSE_MAX`` pixels keep two small matmuls:
-    for MNIST's views (28x28 after ``random_affine``, under vmap) the
-    gathers took twice as long as scale_and_translate, these matmuls 0.8x
-    its time. ``dense_max`` overrides that bound.
+    in MNIST's views (28x28 after ``random_affine``, under vmap) the
+    gathers took 1.4x the time of scale_and_translate, these matmuls 0.9x.
+    ``dense_max`` overrides that bound.
     """
     h, w = x.shape[0], x.shape[1]
     a0, a1, fa = _linear_taps(y0, ch, out_h, h)
@@ -275,7 +275,7 @@ def _hue(x, d):
     Same formulas, rearranged: v * s is the pixel's max - min, the hue is
     kept in sixths (one division, not three), and ``jnp.mod`` is replaced by
     selects. In the 224 views' colour jitter on CPU the shift went from ~1.2
-    to ~0.25 ms an image (experiments/bench/augment_ops.py, part ``hue``).
+    to ~0.2 ms an image (experiments/bench/augment_ops.py, part ``hue``).
     """
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     maxc = jnp.maximum(jnp.maximum(r, g), b)
