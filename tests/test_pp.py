@@ -167,7 +167,7 @@ def test_crop_linear_matches_scale_and_translate(box, n):
     assert (n * (n - 4) <= _CROP_DENSE_MAX) == (n == 28)
     x = jnp.asarray(np.random.RandomState(3).rand(n, n - 4, 3).astype(np.float32))
     y0, x0, ch, cw = box
-    y0, ch = y0 * n / 40, ch * n / 40  # the boxes below are for n = 40
+    y0, ch = y0 * n / 40, ch * n / 40  # the boxes are given for n = 40
     sc = jnp.array([24 / ch, 20 / cw])
     ref = jax.image.scale_and_translate(
         x, (24, 20, 3), (0, 1), sc, -jnp.array([y0, x0]) * sc, method="linear", antialias=False

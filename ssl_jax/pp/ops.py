@@ -141,6 +141,9 @@ def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), antialias
     return fn
 
 
+_CROP_DENSE_MAX = 32 * 32  # pixels; crop_linear says why
+
+
 def _linear_taps(start, extent, n_out: int, n_in: int):
     """Bilinear sampling along one axis: output pixel i reads input pixels
     ``i0``, ``i1`` at fraction ``f``; the box ``[start, start + extent)``
@@ -159,7 +162,7 @@ def crop_linear(x, y0, x0, ch, cw, out_h: int, out_w: int, dense_max=None) -> ja
     antialias=False)`` (to float rounding of the sample positions), which
     multiplies by dense [out, in] weight matrices whatever the size. Here
     each output pixel gathers its two rows, then its two columns:
-    ``random_resized_crop(224)`` from 256 images went from ~1.6 to ~0.65 ms
+    ``random_resized_crop(224)`` from 256 images went from ~1.6 to ~0.6 ms
     an image on CPU (experiments/bench/augment_ops.py, part ``crop``).
     Images of at most ``_CROP_DENSE_MAX`` pixels keep two small matmuls:
     in MNIST's views (28x28 after ``random_affine``, under vmap) the
@@ -175,9 +178,6 @@ def crop_linear(x, y0, x0, ch, cw, out_h: int, out_w: int, dense_max=None) -> ja
         return jnp.einsum("pw,owc->opc", _tap_matrix(b0, b1, fb, w), y, precision=hi)
     rows = x[a0] + fa[:, None, None] * (x[a1] - x[a0])
     return rows[:, b0] + fb[None, :, None] * (rows[:, b1] - rows[:, b0])
-
-
-_CROP_DENSE_MAX = 32 * 32
 
 
 def _tap_matrix(i0, i1, f, n: int) -> jax.Array:
