@@ -68,10 +68,31 @@ def test_peer_bench_runs_every_job_at_toy_size_on_the_ssl_jax_side(capsys, tmp_p
     assert {r["job"] for r in rows} == set(peers.JOBS)
     assert all(r["side"] == "ssl_jax" and r["per_s"] > 0 for r in rows)
     # Model steps carry XLA's FLOP count, hence GFLOP/s and a fraction of the matmul peak.
-    model_jobs = ("simclr_step", "mae_step", "vit_blocks", "dense_stack")
+    model_jobs = (
+        "simclr_step",
+        "mae_step",
+        "mae_rest",
+        "vit_blocks",
+        "decoder_blocks",
+        "attention",
+        "dense_stack",
+    )
     steps = [r for r in rows if r["job"] in model_jobs]
     assert all(r["gflops"] > 0 and r["of_peak"] > 0 for r in steps)
     assert "| knn | ssl_jax |" in out.read_text()
+
+
+def test_peer_bench_set_overrides_parameters_by_type_and_refuses_unknown_keys():
+    from experiments.bench import peers
+
+    jobs = [{"width": 192, "tokens": 16}, {"size": 32}]
+    got = peers.parse_overrides(["width=128", "tokens=64", "size=0.5"], jobs)
+    assert got == {"width": 128, "tokens": 64, "size": 0.5}
+    assert isinstance(got["width"], int)
+    with pytest.raises(SystemExit, match="no selected job has it"):
+        peers.parse_overrides(["depth=2"], jobs)
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        peers.parse_overrides(["width"], jobs)
 
 
 def test_peer_bench_ratio_is_against_the_fastest_peer_setting():

@@ -140,6 +140,10 @@ def test_vit_explicit_fields_override_variant():
     assert sorted(k for k in enc if k.startswith("block")) == ["block0", "block1"]
     assert variables["params"]["embedding"]["kernel"].shape == (8 * 8 * 3, 64)
     assert variables["params"]["pos_embedding"].shape == (1, 16, 64)
+    # depth 0 is no blocks (the embeddings and the final LayerNorm), not the variant's 12.
+    variables, out = _abstract_init(get_model("vit:ti/4", depth=0), (2, 32, 32, 3))
+    assert out.shape == (2, 192)
+    assert sorted(variables["params"]["encoder"]) == ["norm"]
 
 
 def test_patchify_roundtrip_and_posemb():

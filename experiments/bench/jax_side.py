@@ -31,6 +31,7 @@ from ssl_jax.stages.pretrain import make_step  # noqa: E402
 
 # What config.xla_fast_cpu_conv selects (ssl_jax/cli.py), per compile.
 EIGEN_CONV = {"xla_cpu_experimental_ynn_fusion_type": ""}
+YNN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
 def cost_flops(compiled) -> float:
@@ -96,7 +97,7 @@ def mae_step(params, peer_info=None):
     c = mae_config.get_config("cifar10")
     with c.unlocked():
         c.pretrain.batch_size = params["batch"]
-        if params.get("depth"):
+        if params.get("depth") is not None:  # 0: no encoder blocks (mae_rest)
             c.model.kw.depth = params["depth"]
     return _steps(c, (32, 32, 3), params)
 
@@ -155,6 +156,36 @@ def vit_blocks(params, peer_info=None):
     """ssl_jax's ViT encoder blocks (vit.Encoder: pre-LN blocks, final LayerNorm)."""
     p = params
     return _grad_steps(vit.Encoder(p["depth"], p["heads"], p["mlp"]), p)
+
+
+def attention(params, peer_info=None):
+    """ssl_jax's attention core (``vit.attention_core``), forward and backward
+    of mean(out^2) with respect to q, k and v ([batch, tokens, heads, head_dim]),
+    compiled as ssl_jax compiles (the Eigen switch), and with YNNPACK dots."""
+    p = params
+    q, k, v = (
+        jnp.asarray(data.tokens(p["batch"], p["tokens"], p["heads"] * p["head_dim"], seed)).reshape(
+            p["batch"], p["tokens"], p["heads"], p["head_dim"]
+        )
+        for seed in range(3)
+    )
+    grad = jax.jit(
+        jax.grad(lambda q, k, v: jnp.mean(jnp.square(vit.attention_core(q, k, v))), (0, 1, 2))
+    )
+    settings = {"jit": EIGEN_CONV, "jit, YNNPACK dots": YNN_DOTS}
+    variants = {}
+    for name, options in settings.items():
+        exe = grad.lower(q, k, v).compile(compiler_options=options)
+
+        def go(exe=exe):
+            for _ in range(p["steps"]):
+                out = exe(q, k, v)
+            jax.block_until_ready(out)
+            return p["steps"] * p["batch"]
+
+        go()
+        variants[name] = go
+    return variants, {"flops_per_item": cost_flops(exe) / p["batch"]}
 
 
 def dense_stack(params, peer_info=None):

@@ -37,12 +37,31 @@ JOBS = {
     "matmul": ({"n": 2048, "reps": 4}, {"n": 128}, "matmul", 5),
     "simclr_step": ({"batch": 256, "steps": 1}, {"batch": 8, "width": 0.125}, "image", 5),
     "mae_step": ({"batch": 256, "steps": 2}, {"batch": 8, "depth": 1}, "image", 5),
+    # mae_step without its 12 encoder blocks (depth 0): patch embedding,
+    # masking, decoder, loss and AdamW, what the step adds to vit_blocks.
+    "mae_rest": ({"batch": 256, "steps": 2, "depth": 0}, {"batch": 8}, "image", 5),
     # Parts of mae_step, forward and backward only (no optimizer): ViT-Ti's 12
     # encoder blocks on the 16 visible tokens of 256 images, and the same
     # blocks' matmuls alone (a residual stack of bias-free dense pairs).
     "vit_blocks": (
         {"batch": 256, "tokens": 16, "width": 192, "depth": 12, "heads": 3, "mlp": 768, "steps": 1},
         {"batch": 4, "depth": 1},
+        "image",
+        5,
+    ),
+    # mae_step's decoder blocks alone, forward and backward: 2 blocks 128 wide,
+    # 4 heads, on all 64 patch tokens of 256 images (configs/mae.py: no class token).
+    "decoder_blocks": (
+        {"batch": 256, "tokens": 64, "width": 128, "depth": 2, "heads": 4, "mlp": 512, "steps": 1},
+        {"batch": 4, "depth": 1},
+        "image",
+        5,
+    ),
+    # The decoder's attention core alone (softmax(q k^T / sqrt(d)) v, no
+    # projections), forward and backward, per block.
+    "attention": (
+        {"batch": 256, "tokens": 64, "heads": 4, "head_dim": 32, "steps": 1},
+        {"batch": 4},
         "image",
         5,
     ),
@@ -257,6 +276,26 @@ def versions(peer_python: str | None) -> str:
     return text
 
 
+def parse_overrides(items, job_params) -> dict:
+    """``KEY=VALUE`` strings → {key: int, float or str}; a key that none of
+    ``job_params`` (the selected jobs' parameter dicts) has is an error."""
+    known = {k for params in job_params for k in params}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"--set takes KEY=VALUE, got {item!r}")
+        if key not in known:
+            sys.exit(f"--set {key}: no selected job has it (they have: {', '.join(sorted(known))})")
+        for cast in (int, float, str):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                pass
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
@@ -265,6 +304,13 @@ def main(argv=None):
     p.add_argument("--ssl-jax-only", action="store_true", help="no peer environment needed")
     p.add_argument("--toy", action="store_true", help="tiny sizes: checks the scripts run")
     p.add_argument("--out", default="", help="also write the table (markdown) here")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (e.g. width=128) in every selected job that has it",
+    )
     p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -274,6 +320,7 @@ def main(argv=None):
             f"no peer environment at {a.peer_python}: run ./launch.sh bench-peers once "
             "(it installs experiments/bench/requirements-bench.txt), or pass --ssl-jax-only"
         )
+    overrides = parse_overrides(a.set, [JOBS[j][0] for j in a.jobs])
     workers = {"ssl_jax": Worker("jax", sys.executable)}
     if not a.ssl_jax_only:
         workers["peer"] = Worker("torch", a.peer_python)
@@ -281,6 +328,7 @@ def main(argv=None):
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores; {versions(None if a.ssl_jax_only else a.peer_python)}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        + (f"; --set {' '.join(a.set)}" if a.set else "")
     )
     print(header, flush=True)
     jobs = ["matmul", *[j for j in a.jobs if j != "matmul"]]
@@ -289,6 +337,8 @@ def main(argv=None):
         for job in jobs:
             params, toy, unit, repeats = JOBS[job]
             params = {**params, **(toy if a.toy else {})}
+            if job != "matmul":
+                params.update({k: v for k, v in overrides.items() if k in JOBS[job][0]})
             n = 1 if a.toy else (a.repeats or repeats)
             print(f"{job}: {n} repeats per setting ...", file=sys.stderr, flush=True)
             new = rows_for(job, unit, measure(workers, job, params, n), peak)

@@ -8,6 +8,7 @@ Where a peer has several reasonable settings (PyTorch eager vs torch.compile)
 each is a variant and the table compares against the fastest.
 """
 
+import contextlib
 import os
 import sys
 
@@ -202,6 +203,44 @@ def dense_stack(params, peer_info=None):
     return _grad_variants(lambda: DenseStack(p["depth"], p["width"], p["mlp"]), p)
 
 
+def attention(params, peer_info=None):
+    """``F.scaled_dot_product_attention`` forward and backward of mean(out^2) on
+    [batch, tokens, heads, head_dim] inputs (viewed as [batch, heads, tokens,
+    head_dim], as nn.MultiheadAttention passes them): the default kernel choice
+    (flash attention on the CPU) and the math path."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    p = params
+    q, k, v = (
+        torch.from_numpy(
+            data.tokens(p["batch"], p["tokens"], p["heads"] * p["head_dim"], seed).reshape(
+                p["batch"], p["tokens"], p["heads"], p["head_dim"]
+            )
+        ).requires_grad_()
+        for seed in range(3)
+    )
+
+    def step():
+        for t in (q, k, v):
+            t.grad = None
+        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+        out.transpose(1, 2).square().mean().backward()
+
+    variants = {}
+    for name, backends in (("eager", None), ("eager, math kernel", [SDPBackend.MATH])):
+
+        def go(backends=backends):
+            with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+                for _ in range(p["steps"]):
+                    step()
+            return p["steps"] * p["batch"]
+
+        go()
+        variants[name] = go
+    return variants, {}
+
+
 def sincos(n, width):
     side = int(round(n**0.5))
     ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
@@ -219,7 +258,7 @@ def mae_step(params, peer_info=None):
         return torch.from_numpy(data.images(b, 32, 3).astype(np.float32) / 255.0)
 
     return _train_variants(
-        lambda: MAE(depth=params.get("depth") or 12).train(),
+        lambda: MAE(depth=params.get("depth", 12)).train(),
         lambda fwd, x: fwd(x),
         lambda m: torch.optim.AdamW(
             m.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05

@@ -159,10 +159,16 @@ class SelfAttention(nn.Module):
             _HeadsDense((d, h, d // h), (h, d // h), name=name, **kw)(rows).reshape(b, n, h, -1)
             for name in ("query", "key", "value")
         )
-        q = q / jnp.sqrt(d // h).astype(q.dtype)
-        weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b * n, d)
+        out = attention_core(q, k, v).reshape(b * n, d)
         return _HeadsDense((h, d // h, d), (d,), name="out", **kw)(out).reshape(b, n, d)
+
+
+def attention_core(q, k, v):
+    """softmax(q k^T / sqrt(head_dim)) v per head; q, k, v and the result are
+    [batch, tokens, heads, head_dim]."""
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 class MlpBlock(nn.Module):
@@ -254,7 +260,7 @@ class Model(nn.Module):
         (width, depth, heads, mlp), patch = parse_variant(self.variant)
         return dict(
             width=self.width or width,
-            depth=self.depth or depth,
+            depth=depth if self.depth is None else self.depth,  # 0: no blocks
             num_heads=self.num_heads or heads,
             mlp_dim=self.mlp_dim or mlp,
             patch_size=self.patch_size or patch,
