@@ -6,6 +6,8 @@ r"""Active learning on top of self-supervised pretraining: which images to label
   ./launch.sh label import --workdir runs/al runs/al/active/round_00/queries.csv
   ./launch.sh --config configs/active.py:mnist_cold10               # 10 labels + self-training
   ./launch.sh --config configs/active.py:mnist_cold100              # 100 labels + self-training
+  ./launch.sh --config configs/active.py:mnist --config.active.final_train=selftrain   # probe
+      # rounds to choose the labels, then self-training on the last round's 1,000
 
 The run starts with no labels: SimCLR pretraining as in configs/simclr.py, then
 the active stage picks a cold-start set (TypiClust) and goes round by round

@@ -176,6 +176,9 @@ def base_config() -> mlc.ConfigDict:
     c.active.start_until = 0
     c.active.oracle = "dataset"  # dataset (reveal the true labels) | human (queries.csv, wait)
     c.active.train = "probe"  # probe (frozen features) | finetune | selftrain
+    # The last round's training, if not active.train's: e.g. choose with the probe
+    # (seconds a round), then self-train the model that is kept. '': active.train.
+    c.active.final_train = ""
     # probe: standardise features by the labelled items' statistics or by the whole pool's.
     c.active.standardize = "labelled"  # labelled | pool
     c.active.mc_passes = 10  # bald: MC dropout passes on the classifier's input features

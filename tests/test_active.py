@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from tests.test_pipeline import TINY, cli
+from tests.test_transfer_pipeline import TRANSFER
 
 NO_LABELS = [a for a in TINY if not a.startswith("--config.labels")] + [
     "--config.labels.per_class=0",
@@ -131,6 +132,44 @@ def test_start_until_switches_from_the_cold_start_strategy(pretrained, digits_fo
     assert _queries(switch, 1)[0]["score"] == ""  # typiclust has no score
     assert float(_queries(switch, 2)[0]["score"]) <= 0  # margin scores are -(p1 - p2)
     assert {q["id"] for q in _queries(switch, 2)} != {q["id"] for q in _queries(typiclust, 2)}
+
+
+@pytest.mark.slow
+def test_final_train_self_trains_the_last_round_only(pretrained, digits_folder, tmp_path):
+    workdir = str(tmp_path / "final")
+    shutil.copytree(pretrained, workdir)
+    extra = (*TRANSFER, "--config.active.final_train=selftrain")
+    proc = _active(digits_folder, workdir, *extra, schedule="(10, 20)")
+    assert "active round 0: 10 labels (typiclust), probe," in proc.stdout
+    assert "active round 1: 20 labels (margin), selftrain," in proc.stdout
+    rdir = lambda r: os.path.join(workdir, "active", f"round_{r:02d}")
+    metrics = []
+    for r in range(2):
+        with open(os.path.join(rdir(r), "metrics.json")) as f:
+            metrics.append(json.load(f))
+    assert [m["train"] for m in metrics] == ["probe", "selftrain"]
+    assert not os.path.exists(os.path.join(rdir(0), "train"))  # the probe trains no stage
+    with open(os.path.join(rdir(1), "train", "labels.json")) as f:
+        assert len(json.load(f)["items"]) == 20  # self-trained on the round's labels
+    with open(os.path.join(rdir(1), "train", "selftrain", "results.json")) as f:
+        assert metrics[1]["test_acc"] == json.load(f)["test_acc"]
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "| 0 | 10 | typiclust | probe |" in report
+    assert "| 1 | 20 | margin | selftrain |" in report
+
+
+def test_final_train_must_be_a_trainer():
+    from configs import active as active_config
+    from ssl_jax.stages import active
+
+    config = active_config.get_config("mnist")
+    with config.unlocked():
+        config.active.final_train = "selftrain"
+    active.check(config)
+    with config.unlocked():
+        config.active.final_train = "selftraining"
+    with pytest.raises(ValueError, match="unknown active.final_train 'selftraining'"):
+        active.check(config)
 
 
 @pytest.mark.parametrize("schedule", [(), (0, 10), (10, 10, 20), (20, 10)])

@@ -14,7 +14,9 @@ Round r (``workdir/active/round_NN/``) brings the run's labels up to
      ``python -m ssl_jax label import`` has merged the labels, then the same
      command continues;
   3. train (``active.train``): a linear probe on the frozen self-supervised
-     features, or the finetune / selftrain stages in ``round_NN/train/``;
+     features, or the finetune / selftrain stages in ``round_NN/train/``; the
+     last round may train otherwise (``active.final_train``): choose the
+     labels with a cheap probe, train the model you keep with self-training;
   4. evaluate on val and test → ``metrics.json``; the model's outputs
      (penultimate features and head) go to ``model.npz`` for the next round.
 
@@ -203,12 +205,14 @@ def acquire(config, workdir, rdir, r, store, ds, feats, mesh):
     return [index_of[q] for q in queried]
 
 
-def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, dict]:
-    """(model outputs for the next round, metrics) of a model trained on ``store``."""
+def train_round(config, workdir, rdir, store, ds, feats, mesh, train=None) -> tuple[dict, dict]:
+    """(model outputs for the next round, metrics) of a model trained on ``store``
+    by ``train`` (default ``active.train``)."""
     ac = config.active
+    train = train or ac.train
     labels = store.label_array()
     idx = store.indices()
-    if ac.train == "probe":
+    if train == "probe":
         probe = common.linear_evaluator(config, num_classes=ds.num_classes)
         split = lambda s: (feats[s], np.asarray(ds.splits[s].labels))
         linear, metrics = probe.fit(
@@ -236,7 +240,7 @@ def train_round(config, workdir, rdir, store, ds, feats, mesh) -> tuple[dict, di
         sub.init_from = config.init_from or workdir
     results = finetune.run(sub, tdir, mesh)
     best = os.path.join(tdir, "finetune", "best")
-    if ac.train == "selftrain":
+    if train == "selftrain":
         results = selftrain.run(sub, tdir, mesh)
         best = os.path.join(tdir, "selftrain", "best")
     model = classifier_outputs(sub, best, mesh, ds)
@@ -259,16 +263,26 @@ def check(config):
         raise ValueError(f"active.start_until must be >= 0 (a label count), got {ac.start_until}")
     if ac.kmeans_restarts < 1:
         raise ValueError(f"active.kmeans_restarts must be >= 1, got {ac.kmeans_restarts}")
-    if ac.train not in ("probe", "finetune", "selftrain"):
-        raise ValueError(f"unknown active.train {ac.train!r}: probe, finetune or selftrain")
+    for key in ("train", "final_train"):
+        if ac[key] not in ("probe", "finetune", "selftrain") and (key == "train" or ac[key]):
+            raise ValueError(
+                f"unknown active.{key} {ac[key]!r}: probe, finetune or selftrain"
+                + (" ('' for active.train)" if key == "final_train" else "")
+            )
     if ac.standardize not in ("labelled", "pool"):
         raise ValueError(f"unknown active.standardize {ac.standardize!r}: labelled or pool")
-    if ac.train in ("finetune", "selftrain"):
+    trainers = {ac.train, ac.final_train}
+    if trainers & {"finetune", "selftrain"}:
         from ssl_jax.stages import finetune, selftrain
 
         finetune.check(config)
-        if ac.train == "selftrain":
+        if "selftrain" in trainers:
             selftrain.check(config)
+
+
+def round_trainer(ac, r: int) -> str:
+    """How round r trains: ``active.train``, or ``active.final_train`` in the last round."""
+    return ac.final_train if ac.final_train and r == len(ac.schedule) - 1 else ac.train
 
 
 def run(config, workdir: str, mesh) -> dict:
@@ -295,7 +309,8 @@ def run(config, workdir: str, mesh) -> dict:
             os.path.join(rdir, "received.json"),
             {str(ds.splits["train"].ids[i]): ds.class_names[store.labels[i][0]] for i in queried},
         )
-        model, metrics = train_round(config, workdir, rdir, store, ds, feats, mesh)
+        train = round_trainer(ac, r)
+        model, metrics = train_round(config, workdir, rdir, store, ds, feats, mesh, train)
         if jax.process_index() == 0:
             np.savez(os.path.join(rdir, "model.npz"), **model)
         strategy = round_strategy(ac, r) if r or queried else "labels.json"
@@ -304,6 +319,7 @@ def run(config, workdir: str, mesh) -> dict:
             round=r,
             num_labels=len(store),
             strategy=strategy,
+            train=train,
             wall_s=time.perf_counter() - t0,
         )
         atomic_write_json(os.path.join(rdir, "metrics.json"), result)
@@ -311,7 +327,7 @@ def run(config, workdir: str, mesh) -> dict:
         if os.environ.get("SSL_JAX_KILL_AFTER_ROUND") == str(r):  # for the resume tests
             os.kill(os.getpid(), signal.SIGKILL)
         print(
-            f"active round {r}: {len(store)} labels ({strategy}), "
+            f"active round {r}: {len(store)} labels ({strategy}), {train}, "
             f"test acc {100 * metrics['test_acc']:.2f}%"
         )
         rounds.append(result)

@@ -152,12 +152,12 @@ def active_section(active: dict, pdir: str) -> tuple[list[str], list[str]]:
     lines = [
         f"## Active learning ({active['strategy']})",
         "",
-        "| round | labels | chosen by | val acc | test acc |",
-        "|---|---|---|---|---|",
+        "| round | labels | chosen by | trained by | val acc | test acc |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['round']} | {r['num_labels']} | {r['strategy']} | {100 * r['val_acc']:.2f}% "
-        f"| {100 * r['test_acc']:.2f}% |"
+        f"| {r['round']} | {r['num_labels']} | {r['strategy']} | {r.get('train', '?')} "
+        f"| {100 * r['val_acc']:.2f}% | {100 * r['test_acc']:.2f}% |"
         for r in rounds
     ]
     fig, ax = plt.subplots(figsize=(5, 3.5))
