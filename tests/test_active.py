@@ -158,20 +158,6 @@ def test_final_train_self_trains_the_last_round_only(pretrained, digits_folder, 
     assert "| 1 | 20 | margin | selftrain |" in report
 
 
-def test_final_train_must_be_a_trainer():
-    from configs import active as active_config
-    from ssl_jax.stages import active
-
-    config = active_config.get_config("mnist")
-    with config.unlocked():
-        config.active.final_train = "selftrain"
-    active.check(config)
-    with config.unlocked():
-        config.active.final_train = "selftraining"
-    with pytest.raises(ValueError, match="unknown active.final_train 'selftraining'"):
-        active.check(config)
-
-
 @pytest.mark.parametrize("schedule", [(), (0, 10), (10, 10, 20), (20, 10)])
 def test_schedule_must_rise(schedule):
     from configs import active as active_config
@@ -196,17 +182,20 @@ def test_start_until_must_be_a_label_count():
         active.check(config)
 
 
-def test_standardize_is_labelled_or_pool():
+@pytest.mark.parametrize(
+    "key, good, bad", [("standardize", "pool", "val"), ("final_train", "selftrain", "selftraining")]
+)
+def test_active_choices_are_checked(key, good, bad):
     from configs import active as active_config
     from ssl_jax.stages import active
 
     config = active_config.get_config("mnist")
     with config.unlocked():
-        config.active.standardize = "pool"
+        config.active[key] = good
     active.check(config)
     with config.unlocked():
-        config.active.standardize = "val"
-    with pytest.raises(ValueError, match="unknown active.standardize 'val'"):
+        config.active[key] = bad
+    with pytest.raises(ValueError, match=f"unknown active.{key} '{bad}'"):
         active.check(config)
 
 
