@@ -263,20 +263,22 @@ def check(config):
         raise ValueError(f"active.start_until must be >= 0 (a label count), got {ac.start_until}")
     if ac.kmeans_restarts < 1:
         raise ValueError(f"active.kmeans_restarts must be >= 1, got {ac.kmeans_restarts}")
-    for key in ("train", "final_train"):
-        if ac[key] not in ("probe", "finetune", "selftrain") and (key == "train" or ac[key]):
-            raise ValueError(
-                f"unknown active.{key} {ac[key]!r}: probe, finetune or selftrain"
-                + (" ('' for active.train)" if key == "final_train" else "")
-            )
+    trainers = ("probe", "finetune", "selftrain")
+    if ac.train not in trainers:
+        raise ValueError(f"unknown active.train {ac.train!r}: probe, finetune or selftrain")
+    if ac.final_train not in ("", *trainers):
+        raise ValueError(
+            f"unknown active.final_train {ac.final_train!r}: probe, finetune, selftrain "
+            "or '' (as active.train)"
+        )
     if ac.standardize not in ("labelled", "pool"):
         raise ValueError(f"unknown active.standardize {ac.standardize!r}: labelled or pool")
-    trainers = {ac.train, ac.final_train}
-    if trainers & {"finetune", "selftrain"}:
+    used = {ac.train, ac.final_train}
+    if used & {"finetune", "selftrain"}:
         from ssl_jax.stages import finetune, selftrain
 
         finetune.check(config)
-        if "selftrain" in trainers:
+        if "selftrain" in used:
             selftrain.check(config)
 
 
