@@ -83,6 +83,10 @@ def base_config() -> mlc.ConfigDict:
 
     c.eval = mlc.ConfigDict()
     c.eval.batch_size = 1024
+    # > 0: a classifier's probabilities (val selection, test accuracy, predictions)
+    # are the mean over the eval view and this many views of pp.weak
+    # (test-time augmentation; experiments/few_labels_mnist.md).
+    c.eval.tta_views = 0
     c.eval.knn = mlc.ConfigDict(dict(k=20, temperature=0.07))
     # method lbfgs: at most `steps` iterations per L2 strength, to convergence
     # (ssl_jax/evaluators/linear_probe.py); adam: `steps` full-batch steps at `lr`.

@@ -23,9 +23,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from ssl_jax import optim, parallel, transfer  # noqa: E402
-from ssl_jax import pp as pp_lib  # noqa: E402
-from ssl_jax.models import classifier  # noqa: E402
+from ssl_jax import parallel, transfer  # noqa: E402
 from ssl_jax.stages import common  # noqa: E402
 
 
@@ -46,15 +44,8 @@ def per_class(workdir: str):
     ds = common.dataset(config)
     test = ds.splits["test"]
     mesh = parallel.make_mesh(1)
-    model = classifier.build(config, ds.num_classes)
-    tx = optim.make(config.selftrain.optimizer, 1, 1)[0]
-    like = transfer.init_state(model, tx, mesh, test.images.shape[1:], 0)
-    best = transfer.Best(best_dir(workdir))
-    params, model_state, _ = best.restore(like)
-    best.close()
-    predictor = transfer.Predictor(
-        model, pp_lib.build(config.pp.eval, chunk_size=None), mesh, config.eval.batch_size
-    )
+    model, params, model_state, _ = transfer.load_best(config, best_dir(workdir), mesh, ds)
+    predictor = transfer.predictor(config, model, mesh, test.images.shape[-1], views=0)
     pred = np.asarray(predictor(params, model_state, test.images)).argmax(1)
     y = np.asarray(test.labels)
     recall = [float(np.mean(pred[y == c] == c)) for c in range(ds.num_classes)]

@@ -53,6 +53,11 @@ def check_config(config):
     for stage in config.stages:
         if (check := getattr(get_stage(stage), "check", None)) is not None:
             check(config)
+    views = config.eval.tta_views
+    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+        raise ValueError(f"eval.tta_views must be an integer >= 0, got {views!r}")
+    if views and not config.pp.weak:
+        raise ValueError("eval.tta_views > 0 needs pp.weak, the recipe of the extra views")
     if config.eval.linear.method not in METHODS:
         raise ValueError(
             f"unknown eval.linear.method {config.eval.linear.method!r}; known: {', '.join(METHODS)}"

@@ -51,18 +51,41 @@ def init_state(model, tx, mesh, image_shape, seed: int, backbone=None, variables
 
 
 class Predictor:
-    """Class probabilities of a classifier over many images, in sharded batches."""
+    """Class probabilities of a classifier over many images, in sharded batches.
 
-    def __init__(self, model, pp_eval, mesh, batch_size: int):
+    With ``views`` > 0 (test-time augmentation) each image's probabilities are
+    the mean over its eval view and ``views`` views of ``pp_views`` (the weak
+    training recipe). The views' random draws are fixed, so a model is always
+    scored on the same views and an evaluation repeats exactly.
+    """
+
+    def __init__(self, model, pp_eval, mesh, batch_size: int, *, pp_views=None, views: int = 0):
+        if views < 0:
+            raise ValueError(f"test-time views must be >= 0, got {views}")
+        if views and pp_views is None:
+            raise ValueError("test-time views need the recipe that makes them (pp_views)")
         predictor = self
 
-        class _Probs:  # the Embedder's "objective": one encode method
+        class _Probs:  # the Embedder's "objective": one encode method, on raw images
             @staticmethod
-            def encode(params, model_state, x):
-                return jax.nn.softmax(predictor.logits(params, model_state, x))
+            def encode(params, model_state, images):
+                def probs(x):
+                    return jax.nn.softmax(predictor.logits(params, model_state, x))
+
+                p = probs(pp_eval(jax.random.PRNGKey(0), images))  # eval recipes are deterministic
+                if not views:
+                    return p
+
+                def add(total, key):
+                    return total + probs(pp_views(key, images)), None
+
+                keys = jax.random.split(jax.random.PRNGKey(1), views)
+                total, _ = jax.lax.scan(add, p, keys)
+                return total / (views + 1)
 
         self.model = model
-        self._embed = Embedder(_Probs, pp_eval, mesh, batch_size=batch_size)
+        self.views = views
+        self._embed = Embedder(_Probs, lambda key, images: images, mesh, batch_size=batch_size)
 
     def logits(self, params, model_state, x):
         return self.model.apply({"params": params, **model_state}, x, train=False)
@@ -76,6 +99,42 @@ class Predictor:
             return float("nan")
         probs = self(params, model_state, split.images[:n])
         return float(np.mean(probs.argmax(-1) == split.labels[:n]))
+
+
+def predictor(config, model, mesh, channels: int, batch_size: int = 0, views: int | None = None):
+    """The Predictor of the stages: ``pp.eval``, plus ``eval.tta_views`` views of
+    ``pp.weak`` when that is > 0 (``views`` overrides it) for images of ``channels``."""
+    from ssl_jax import pp as pp_lib
+
+    views = config.eval.tta_views if views is None else views
+    pp_views = None
+    if views:
+        chunk = pp_lib.chunk_size_for(config.pp.chunk_size, channels)
+        pp_views = pp_lib.build(config.pp.weak, chunk_size=chunk, mesh=mesh)
+    return Predictor(
+        model,
+        pp_lib.build(config.pp.eval, chunk_size=None),
+        mesh,
+        batch_size or config.eval.batch_size,
+        pp_views=pp_views,
+        views=views,
+    )
+
+
+def load_best(config, best_dir: str, mesh, ds):
+    """(model, params, model_state, meta) of the classifier kept in ``best_dir``."""
+    from ssl_jax import optim
+    from ssl_jax.models import classifier
+
+    model = classifier.build(config, ds.num_classes)
+    shape = ds.splits["train"].images.shape[1:]
+    like = init_state(model, optim.make(config.finetune.head.optimizer, 1, 1)[0], mesh, shape, 0)
+    best = Best(best_dir)
+    try:
+        params, model_state, meta = best.restore(like)
+    finally:
+        best.close()
+    return model, params, model_state, meta
 
 
 class Best:
@@ -127,16 +186,9 @@ def mixup(key, images, targets, alpha: float):
 def classifier_outputs(config, best_dir: str, mesh, ds) -> dict:
     """The best classifier in ``best_dir`` as active learning reads it: its
     penultimate (backbone) features of the pool and its head's weights."""
-    from ssl_jax import optim
     from ssl_jax import pp as pp_lib
-    from ssl_jax.models import classifier
 
-    model = classifier.build(config, ds.num_classes)
-    shape = ds.splits["train"].images.shape[1:]
-    like = init_state(model, optim.make(config.finetune.head.optimizer, 1, 1)[0], mesh, shape, 0)
-    best = Best(best_dir)
-    params, model_state, _ = best.restore(like)
-    best.close()
+    model, params, model_state, _ = load_best(config, best_dir, mesh, ds)
 
     class _Backbone:  # the Embedder's "objective": one encode method
         @staticmethod

@@ -100,3 +100,18 @@ def test_active_mnist_table_from_round_results(tmp_path):
     assert lines[0] == "| strategy | 10 | 20 | wall (s), mean |"
     assert lines[2] == "| random | 60.00 ± 14.14 | 70.00 ± 14.14 | 200 |"
     assert lines[3] == "| badge | 55.00 | — | 50 |"
+
+
+def test_tta_table_gains_are_per_run_differences():
+    from experiments import tta_eval
+
+    rows = {
+        "a": {("val", 0): 0.98, ("val", 4): 0.99, ("test", 0): 0.97, ("test", 4): 0.975},
+        "b": {("val", 0): 0.96, ("val", 4): 0.96, ("test", 0): 0.99, ("test", 4): 0.995},
+    }
+    text = tta_eval.table(rows, [0, 4]).splitlines()
+    assert text[0] == (
+        "| workdir | val acc, 0 views | val acc, 4 views | test acc, 0 views | test acc, 4 views |"
+    )
+    assert text[2] == "| `a` | 98.00 | 99.00 | 97.00 | 97.50 |"
+    assert text[-1] == "| mean change from 0 views | +0.00 | +0.50 | +0.00 | +0.50 |"

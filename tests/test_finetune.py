@@ -170,3 +170,46 @@ def test_batchnorm_statistics_stay_as_pretrained_by_default():
     before, after, _ = _run(state, step, batches)
     assert all(jax.tree.leaves(_changed(before.params, after.params)))
     assert not any(jax.tree.leaves(_changed(before.model_state, after.model_state)))
+
+
+def _predictor_setup(views, pp_views=None):
+    config = tiny_config("unused")
+    mesh = parallel.make_mesh(1)
+    model = classifier.build(config, 10)
+    state = transfer.init_state(model, optax.sgd(0.0), mesh, (8, 8, 1), 0)
+    ms = dict(state.model_state)
+    # A head that tells classes apart (a new one is zero: uniform probabilities).
+    rng = np.random.RandomState(1)
+    head = jax.tree.map(lambda p: p + 0.5 * rng.standard_normal(p.shape), state.params["head"])
+    params = {**state.params, "head": head}
+    images = np.random.RandomState(0).randint(0, 256, (20, 8, 8, 1)).astype(np.uint8)
+    pp_eval = pp_lib.build("value_range(-1, 1)", chunk_size=None)
+    if pp_views is None:
+        pred = transfer.predictor(config, model, mesh, 1, batch_size=8, views=views)
+    else:
+        pred = transfer.Predictor(model, pp_eval, mesh, 8, pp_views=pp_views, views=views)
+    plain = transfer.Predictor(model, pp_eval, mesh, 8)
+    return pred, plain, params, ms, images
+
+
+def test_test_time_views_are_averaged_with_the_eval_view():
+    # A deterministic "view" (the negative image): its probabilities count
+    # `views` times, the eval view's once.
+    negative = pp_lib.build("value_range(-1, 1)", chunk_size=None)
+    flip = lambda key, x: negative(key, 255 - x)  # noqa: E731
+    pred, plain, params, ms, images = _predictor_setup(3, pp_views=flip)
+    p_eval = plain(params, ms, images)
+    p_neg = plain(params, ms, 255 - images)
+    assert not np.allclose(p_eval, p_neg, atol=1e-3)
+    np.testing.assert_allclose(pred(params, ms, images), (p_eval + 3 * p_neg) / 4, atol=1e-6)
+
+
+def test_weak_test_time_views_are_fixed_and_change_the_prediction():
+    pred, plain, params, ms, images = _predictor_setup(4)  # the config's pp.weak
+    assert pred.views == 4
+    p = pred(params, ms, images)
+    np.testing.assert_array_equal(p, pred(params, ms, images))  # the same views every call
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+    assert not np.allclose(p, plain(params, ms, images), atol=1e-4)
+    with pytest.raises(ValueError, match="need the recipe"):
+        transfer.Predictor(pred.model, lambda k, x: x, parallel.make_mesh(1), 8, views=2)

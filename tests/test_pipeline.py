@@ -141,6 +141,8 @@ def test_killed_run_resumes_to_the_same_parameters(digits_folder, tmp_path):
         ("--config.stages=('pretrain','probez')", "unknown stage 'probez'"),
         ("--config.eval.linear.method=newton", "unknown eval.linear.method 'newton'"),
         ("--config.probe.label_sets=('labelled','every')", "label_sets entry 'every'"),
+        ("--config.eval.tta_views=-2", "eval.tta_views must be an integer >= 0"),
+        ("--config.eval.tta_views=2 --config.pp.weak=", "eval.tta_views > 0 needs pp.weak"),
         (  # a later stage's setting: refused before the first stage starts
             "--config.stages=('pretrain','selftrain') --config.selftrain.pseudo_labels=ema",
             "needs selftrain.ema_decay > 0",

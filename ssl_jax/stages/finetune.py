@@ -125,9 +125,7 @@ def run(config, workdir: str, mesh) -> dict:
     labels = store.label_array()
     chunk = pp_lib.chunk_size_for(config.pp.chunk_size, shape[-1])
     weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh)
-    predictor = transfer.Predictor(
-        model, pp_lib.build(config.pp.eval, chunk_size=None), mesh, config.eval.batch_size
-    )
+    predictor = transfer.predictor(config, model, mesh, shape[-1])
     best = transfer.Best(os.path.join(sdir, "best"))
     writer = metrics.MetricWriter(sdir)
     t0 = time.perf_counter()

@@ -22,10 +22,8 @@ import os
 import jax
 import numpy as np
 
-from ssl_jax import optim, transfer
-from ssl_jax import pp as pp_lib
+from ssl_jax import transfer
 from ssl_jax.data.labels import atomic_write_text
-from ssl_jax.models import classifier
 from ssl_jax.stages import common
 
 STAGE = "predict"
@@ -73,16 +71,9 @@ def run(config, workdir: str, mesh) -> dict:
     ds = common.dataset(config, workdir)
     store = common.label_store(config, workdir, ds)
     pool = ds.splits["train"]
-    model = classifier.build(config, ds.num_classes)
-    like = transfer.init_state(
-        model, optim.make(config.finetune.head.optimizer, 1, 1)[0], mesh, pool.images.shape[1:], 0
-    )
-    best = transfer.Best(final_model_dir(workdir))
-    params, model_state, _ = best.restore(like)
-    best.close()
-    predictor = transfer.Predictor(
-        model, pp_lib.build(config.pp.eval, chunk_size=None), mesh, config.predict.batch_size
-    )
+    model, params, model_state, _ = transfer.load_best(config, final_model_dir(workdir), mesh, ds)
+    channels = pool.images.shape[-1]
+    predictor = transfer.predictor(config, model, mesh, channels, config.predict.batch_size)
     probs = predictor(params, model_state, pool.images)
     rows = prediction_rows(pool.ids, probs, store, ds.class_names)
     out = io.StringIO()

@@ -375,9 +375,7 @@ def run(config, workdir: str, mesh) -> dict:
     strong = pp_lib.build(
         config.pp.strong or config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh
     )
-    predictor = transfer.Predictor(
-        model, pp_lib.build(config.pp.eval, chunk_size=None), mesh, config.eval.batch_size
-    )
+    predictor = transfer.predictor(config, model, mesh, shape[-1])
     ckpt = checkpoint.Checkpointer(os.path.join(sdir, "checkpoints"), keep=1)
     best = transfer.Best(os.path.join(sdir, "best"))
     if ckpt.latest_step() is not None:
