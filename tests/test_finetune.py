@@ -172,9 +172,9 @@ def test_batchnorm_statistics_stay_as_pretrained_by_default():
     assert not any(jax.tree.leaves(_changed(before.model_state, after.model_state)))
 
 
-def _predictor_setup(views, pp_views=None):
+def _predictor_setup(views, pp_views=None, devices=1):
     config = tiny_config("unused")
-    mesh = parallel.make_mesh(1)
+    mesh = parallel.make_mesh(devices)
     model = classifier.build(config, 10)
     state = transfer.init_state(model, optax.sgd(0.0), mesh, (8, 8, 1), 0)
     ms = dict(state.model_state)
@@ -211,5 +211,8 @@ def test_weak_test_time_views_are_fixed_and_change_the_prediction():
     np.testing.assert_array_equal(p, pred(params, ms, images))  # the same views every call
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
     assert not np.allclose(p, plain(params, ms, images), atol=1e-4)
+    # Sharded over 8 devices, every image gets the same views.
+    pred8, _, params8, ms8, _ = _predictor_setup(4, devices=8)
+    np.testing.assert_allclose(pred8(params8, ms8, images), p, atol=1e-6)
     with pytest.raises(ValueError, match="need the recipe"):
         transfer.Predictor(pred.model, lambda k, x: x, parallel.make_mesh(1), 8, views=2)
