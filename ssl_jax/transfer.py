@@ -55,8 +55,9 @@ class Predictor:
 
     With ``views`` > 0 (test-time augmentation) each image's probabilities are
     the mean over its eval view and ``views`` views of ``pp_views`` (the weak
-    training recipe). The views' random draws are fixed, so a model is always
-    scored on the same views and an evaluation repeats exactly.
+    training recipe). The views' random draws are fixed per position in a
+    batch, so with the same ``batch_size`` a model is always scored on the same
+    views and an evaluation repeats exactly, on any number of devices.
     """
 
     def __init__(self, model, pp_eval, mesh, batch_size: int, *, pp_views=None, views: int = 0):

@@ -54,7 +54,8 @@ def _final_params(workdir, stage, sub="checkpoints"):
 def test_transfer_pipeline_predictions_and_human_labels(digits_folder, tmp_path):
     workdir = str(tmp_path / "run")
     no_predict = "--config.stages=('pretrain', 'finetune', 'selftrain')"
-    cli(_args(digits_folder, workdir, no_predict))
+    views = "--config.eval.tta_views=2"  # every stage scores with 2 test-time views too
+    cli([*_args(digits_folder, workdir, no_predict), views])
     for stage in ("finetune", "selftrain"):
         with open(os.path.join(workdir, stage, "results.json")) as f:
             res = json.load(f)
@@ -70,7 +71,7 @@ def test_transfer_pipeline_predictions_and_human_labels(digits_folder, tmp_path)
     ]
     with open(os.path.join(workdir, "labels.json"), "w") as f:
         json.dump(store, f)
-    proc = cli(_args(digits_folder, workdir))
+    proc = cli([*_args(digits_folder, workdir), views])
     assert "predictions for" in proc.stdout
     with open(os.path.join(workdir, "predictions.csv")) as f:
         rows = list(csv.DictReader(f))
