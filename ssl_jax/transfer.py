@@ -55,9 +55,10 @@ class Predictor:
 
     With ``views`` > 0 (test-time augmentation) each image's probabilities are
     the mean over its eval view and ``views`` views of ``pp_views`` (the weak
-    training recipe). The views' random draws are fixed per position in a
-    batch, so with the same ``batch_size`` a model is always scored on the same
-    views and an evaluation repeats exactly, on any number of devices.
+    training recipe). View ``v`` of the image at position ``i`` of the images
+    scored uses a key made from ``v`` and ``i`` only, so a model is always
+    scored on the same views and an evaluation repeats exactly, whatever the
+    batch size or the number of devices.
     """
 
     def __init__(self, model, pp_eval, mesh, batch_size: int, *, pp_views=None, views: int = 0):
@@ -69,7 +70,7 @@ class Predictor:
 
         class _Probs:  # the Embedder's "objective": one encode method, on raw images
             @staticmethod
-            def encode(params, model_state, images):
+            def encode(params, model_state, images, index):
                 def probs(x):
                     return jax.nn.softmax(predictor.logits(params, model_state, x))
 
@@ -77,16 +78,19 @@ class Predictor:
                 if not views:
                     return p
 
-                def add(total, key):
-                    return total + probs(pp_views(key, images)), None
+                def add(total, view):
+                    key = jax.random.fold_in(jax.random.PRNGKey(1), view)
+                    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+                    return total + probs(pp_views(keys, images)), None
 
-                keys = jax.random.split(jax.random.PRNGKey(1), views)
-                total, _ = jax.lax.scan(add, p, keys)
+                total, _ = jax.lax.scan(add, p, jnp.arange(views))
                 return total / (views + 1)
 
         self.model = model
         self.views = views
-        self._embed = Embedder(_Probs, lambda key, images: images, mesh, batch_size=batch_size)
+        self._embed = Embedder(
+            _Probs, lambda key, images: images, mesh, batch_size=batch_size, indexed=True
+        )
 
     def logits(self, params, model_state, x):
         return self.model.apply({"params": params, **model_state}, x, train=False)

@@ -172,7 +172,7 @@ def test_batchnorm_statistics_stay_as_pretrained_by_default():
     assert not any(jax.tree.leaves(_changed(before.model_state, after.model_state)))
 
 
-def _predictor_setup(views, pp_views=None, devices=1):
+def _predictor_setup(views, pp_views=None, devices=1, batch_size=8):
     config = tiny_config("unused")
     mesh = parallel.make_mesh(devices)
     model = classifier.build(config, 10)
@@ -185,7 +185,7 @@ def _predictor_setup(views, pp_views=None, devices=1):
     images = np.random.RandomState(0).randint(0, 256, (20, 8, 8, 1)).astype(np.uint8)
     pp_eval = pp_lib.build("value_range(-1, 1)", chunk_size=None)
     if pp_views is None:
-        pred = transfer.predictor(config, model, mesh, 1, batch_size=8, views=views)
+        pred = transfer.predictor(config, model, mesh, 1, batch_size=batch_size, views=views)
     else:
         pred = transfer.Predictor(model, pp_eval, mesh, 8, pp_views=pp_views, views=views)
     plain = transfer.Predictor(model, pp_eval, mesh, 8)
@@ -214,5 +214,10 @@ def test_weak_test_time_views_are_fixed_and_change_the_prediction():
     # Sharded over 8 devices, every image gets the same views.
     pred8, _, params8, ms8, _ = _predictor_setup(4, devices=8)
     np.testing.assert_allclose(pred8(params8, ms8, images), p, atol=1e-6)
+    # An image's views are keyed on its position in `images`, not in a batch:
+    # other batch sizes (20 images: 3 batches of 8, 5 of 4, 1 of 32) agree.
+    for batch_size in (4, 32):
+        other, _, _, _, _ = _predictor_setup(4, batch_size=batch_size)
+        np.testing.assert_allclose(other(params, ms, images), p, atol=1e-6)
     with pytest.raises(ValueError, match="need the recipe"):
         transfer.Predictor(pred.model, lambda k, x: x, parallel.make_mesh(1), 8, views=2)

@@ -390,6 +390,19 @@ def test_jit_matches_eager_and_legacy_keys():
     assert legacy.shape == eager.shape and legacy.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+def test_one_key_per_example_is_used_as_given(make_key):
+    x = _images()
+    fn = build("random_crop(12, padding=2)|color_jitter(p=1)")
+    key = make_key(5)
+    keys = jax.random.split(key, B)
+    np.testing.assert_array_equal(fn(keys, x), fn(key, x))  # the same keys as split(key, B)
+    # Example b's output depends on keys[b] only: reversed keys, reversed outputs.
+    np.testing.assert_array_equal(fn(keys[::-1], x[::-1]), np.asarray(fn(key, x))[::-1])
+    with pytest.raises(ValueError, match="one key or 8 keys"):
+        fn(keys[:3], x)
+
+
 def test_build_views():
     x = _images()
     views = {"view1": LIGHT, "view2": LIGHT, "eval": "center_crop(12)|value_range(-1, 1)"}

@@ -118,8 +118,9 @@ def _to_float(images) -> jax.Array:
 def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
     """Returns a pure ``fn(key, images) -> float32 images`` applying ``spec``.
 
-    Example ``b`` uses key ``split(key, B)[b]``, and op ``i`` of the chain
-    folds ``i`` into it, so editing one op leaves the others' draws intact.
+    Example ``b`` uses key ``split(key, B)[b]`` (or ``key[b]`` when ``key``
+    holds B keys, one per example), and op ``i`` of the chain folds ``i``
+    into it, so editing one op leaves the others' draws intact.
     Ops run under vmap, so every example has the same output shape. When
     ``B`` is a multiple of ``chunk_size`` larger than it, the batch is
     processed in chunks with ``lax.map``, which keeps intermediates small
@@ -178,12 +179,23 @@ def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
 
     def apply(key, images):
         x = _to_float(images)
-        keys = jax.random.split(key, x.shape[0])
+        keys = _example_keys(key, x.shape[0])
         # A batch the devices cannot share evenly (never a training batch, whose
         # size is checked against the mesh) runs whole, as without a mesh.
         return (per_device if x.shape[0] % n_dev == 0 else rows)(keys, x)
 
     return apply
+
+
+def _example_keys(key, n: int) -> jax.Array:
+    """One key per example: ``split(key, n)`` of one key, or ``key`` itself when
+    it already holds ``n`` keys."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if key.ndim == (0 if typed else 1):
+        return jax.random.split(key, n)
+    if key.ndim != (1 if typed else 2) or key.shape[0] != n:
+        raise ValueError(f"expected one key or {n} keys (one per example), got shape {key.shape}")
+    return key
 
 
 def chunk_size_for(setting: int, channels: int) -> int | None:
