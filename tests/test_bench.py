@@ -41,12 +41,13 @@ def test_conv_layer_bench_runs_at_toy_size_and_its_variants_agree(capsys):
     from experiments.bench import conv_layers
 
     rows = conv_layers.main(["--toy"])
-    assert len(rows) == 4 * 10  # 4 stages × (3 fwd + 2 dX + 3 dW + 2 layout)
+    assert len(rows) == 4 * 13  # 4 stages × (4 fwd + 3 dX + 4 dW + 2 layout)
     for r in rows:
         assert r["ms"] > 0
         if r["pass"] != "layout":  # the matmul forms compute the same convolution
             assert r["error"] < 1e-5, r
-    assert "| 2×32×32×4 | dW | im2col |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| 2×32×32×4 | dW | im2col |" in out and "| 2×4×4×32 | dW | winograd |" in out
 
 
 @pytest.mark.slow

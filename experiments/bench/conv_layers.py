@@ -11,6 +11,10 @@ weights (dW), each as
   xla     lax.conv_general_dilated and its autodiff (what the step runs);
   shift   9 matmuls, one per kernel tap, over shifted views of the input;
   im2col  one matmul over the 9 taps concatenated along channels;
+  winograd  Winograd's F(2×2, 3×3): each 4×4 input tile and each kernel
+          transformed, 16 matmuls (one per tile position, 2.25× fewer
+          multiply-adds than the convolution), the result transformed back;
+          dX and dW are JAX's autodiff of that forward;
 
 and, apart, the layout transpose XLA inserts before each weight-gradient
 convolution (batch moved to the feature dimension) against a plain copy of the
@@ -51,6 +55,37 @@ def _taps(x):
     return [xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)]
 
 
+def _bt(d):
+    """Winograd F(2, 3)'s input transform Bᵀ·d along one axis (d: the 4 taps)."""
+    d0, d1, d2, d3 = d
+    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+
+
+def _at(m):
+    """Its output transform Aᵀ·m along one axis: 4 values to 2 outputs."""
+    return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+
+
+def winograd(x, w):
+    """3×3 convolution, stride 1, zero padding 1, as Winograd's F(2×2, 3×3).
+
+    Needs even height and width. The 16 transformed arrays are each 1/4 of
+    the input's size, so together they are 4× the input: memory traffic that
+    the saved multiply-adds have to pay for.
+    """
+    b, h, wd, c = x.shape
+    n, co = b * (h // 2) * (wd // 2), w.shape[-1]
+    g = jnp.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], w.dtype)
+    u = jnp.einsum("ai,ijcd,bj->abcd", g, w, g).reshape(16, c, co)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = _bt([xp[:, k : k + h : 2] for k in range(4)])
+    v = [t for r in rows for t in _bt([r[:, :, k : k + wd : 2] for k in range(4)])]
+    m = [(vi.reshape(n, c) @ u[i]).reshape(b, h // 2, wd // 2, co) for i, vi in enumerate(v)]
+    cols = [_at([m[4 * i + j] for i in range(4)]) for j in range(4)]
+    out = [_at([cols[j][r] for j in range(4)]) for r in range(2)]
+    return jnp.stack([jnp.stack(o, 3) for o in out], 2).reshape(b, h, wd, co)
+
+
 def _im2col(x):
     return jnp.concatenate(_taps(x), -1)  # [B, H, W, 9C]
 
@@ -62,6 +97,7 @@ VARIANTS = {
             t @ k for t, k in zip(_taps(x), w.reshape(9, *w.shape[2:]), strict=True)
         ),
         "im2col": lambda x, w, dy: _im2col(x) @ w.reshape(-1, w.shape[-1]),
+        "winograd": lambda x, w, dy: winograd(x, w),
     },
     "dX": {
         "xla": lambda x, w, dy: jax.vjp(lambda x_: conv(x_, w), x)[1](dy)[0],
@@ -74,6 +110,7 @@ VARIANTS = {
                 strict=True,
             )
         ),
+        "winograd": lambda x, w, dy: jax.vjp(lambda x_: winograd(x_, w), x)[1](dy)[0],
     },
     "dW": {
         "xla": lambda x, w, dy: jax.vjp(lambda w_: conv(x, w_), w)[1](dy)[0],
@@ -81,6 +118,7 @@ VARIANTS = {
             [jnp.einsum("bhwc,bhwd->cd", t, dy) for t in _taps(x)]
         ).reshape(w.shape),
         "im2col": lambda x, w, dy: jnp.einsum("bhwk,bhwd->kd", _im2col(x), dy).reshape(w.shape),
+        "winograd": lambda x, w, dy: jax.vjp(lambda w_: winograd(x, w_), w)[1](dy)[0],
     },
     "layout": {
         "copy": lambda x, w, dy: x * 2.0,
