@@ -36,6 +36,12 @@ def base_config() -> mlc.ConfigDict:
     # XLA's CPU backend: route convolutions to its Eigen path instead of YNNPACK,
     # measured faster for training convs (experiments/bench). No effect on GPU/TPU.
     c.xla_fast_cpu_conv = True
+    # Who runs the ResNet and CNN convolutions on the CPU backend: "onednn"
+    # (ssl_jax/kernels/onednn.py: a small C++ kernel built on first use against
+    # the oneDNN wheels; SimCLR steps 1.3-1.4x faster, experiments/bench/RESULTS.md),
+    # "xla", or "auto": oneDNN where it builds and loads, else XLA. Only on a
+    # single CPU device; no effect on GPU/TPU.
+    c.cpu_conv = "auto"
     c.init_from = ""  # checkpoint dir for transfer: parameters only
 
     c.distributed = mlc.ConfigDict(dict(coordinator="", num_processes=1, process_id=0))

@@ -53,6 +53,10 @@ def check_config(config):
     for stage in config.stages:
         if (check := getattr(get_stage(stage), "check", None)) is not None:
             check(config)
+    from ssl_jax.kernels.onednn import MODES
+
+    if config.cpu_conv not in MODES:
+        raise ValueError(f"cpu_conv must be one of {', '.join(MODES)}, got {config.cpu_conv!r}")
     views = config.eval.tta_views
     if isinstance(views, bool) or not isinstance(views, int) or views < 0:
         raise ValueError(f"eval.tta_views must be an integer >= 0, got {views!r}")
@@ -75,6 +79,10 @@ def run_pipeline(config, workdir: str) -> dict:
     )
     import jax
 
+    from ssl_jax.kernels import onednn
+
+    onednn.configure(config.cpu_conv)  # after jax.distributed: it asks for the backend
+
     from ssl_jax.data.labels import atomic_write_text
     from ssl_jax.stages import get_stage
 
@@ -87,6 +95,7 @@ def run_pipeline(config, workdir: str) -> dict:
     print(
         f"workdir {workdir}: stages {', '.join(config.stages)} on {mesh.devices.size} "
         f"{jax.default_backend()} device(s)"
+        + (f", convolutions by {onednn.runs_on()}" if jax.default_backend() == "cpu" else "")
     )
     results = {}
     for stage in config.stages:
@@ -112,6 +121,7 @@ def main(argv):
     workdir = flags.FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"])
     )
+    from ssl_jax.kernels.onednn import Unavailable
     from ssl_jax.stages.active import WaitingForLabels
     from ssl_jax.stages.loop import NonFiniteLoss
 
@@ -120,7 +130,7 @@ def main(argv):
     except WaitingForLabels as e:
         print(f"\nwaiting for labels: {e}")
         return
-    except (NonFiniteLoss, FileNotFoundError, ValueError) as e:
+    except (NonFiniteLoss, FileNotFoundError, ValueError, Unavailable) as e:
         if os.environ.get("SSL_JAX_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

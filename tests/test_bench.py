@@ -107,8 +107,12 @@ def test_peer_bench_ratio_is_against_the_fastest_peer_setting():
             "items": 10,
             "info": {"flops_per_item": 1e9},
         },
+        ("ssl_jax", "jit, other"): {"times": [2.0, 2.0, 2.0], "items": 10, "info": {}},
     }
     rows = {r["setting"]: r for r in peers.rows_for("simclr_step", "image", results, 40.0)}
+    # Every ssl_jax setting is compared, with the "jit" step's FLOP count.
+    assert rows["jit, other"]["ratio"] == pytest.approx(0.5)
+    assert rows["jit, other"]["gflops"] == pytest.approx(5.0)
     assert rows["compile"]["fastest_peer"] and not rows["eager"]["fastest_peer"]
     assert rows["jit"]["ratio"] == pytest.approx((10 / 0.5) / (10 / 1.0))
     assert rows["jit"]["gflops"] == pytest.approx(20.0)  # 20 images/s x 1 GFLOP

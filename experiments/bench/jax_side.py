@@ -25,6 +25,7 @@ from experiments.bench import data  # noqa: E402
 from ssl_jax import acquisition, parallel  # noqa: E402
 from ssl_jax.evaluators import knn as knn_lib  # noqa: E402
 from ssl_jax.evaluators import linear_probe  # noqa: E402
+from ssl_jax.kernels import onednn  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 from ssl_jax.stages.pretrain import make_step  # noqa: E402
@@ -70,15 +71,32 @@ def pretrain_step(config, image_shape, compiler_options=None, seed=0):
     return run, cost_flops(exe)
 
 
-def _steps(config, shape, params):
+def _steps(config, shape, params, onednn_setting=False):
+    """The pretraining step as ssl_jax compiles it ("jit"); with ``onednn_setting``
+    also with ``config.cpu_conv = "onednn"`` (its FLOPs are the "jit" step's: XLA
+    does not count the work of custom calls)."""
     steps = params["steps"]
     run, flops = pretrain_step(config, shape, EIGEN_CONV)
+    runs = {"jit": run}
+    if onednn_setting:
+        try:
+            onednn.configure("onednn")
+            runs["jit, oneDNN convs (cpu_conv=onednn)"] = pretrain_step(config, shape, EIGEN_CONV)[
+                0
+            ]
+        except onednn.Unavailable as e:
+            print(f"skipping the oneDNN setting: {e}", file=sys.stderr)
+        finally:
+            onednn.configure("xla")
 
-    def go():
-        run(steps)
-        return steps * params["batch"]
+    def timed(run):
+        def go():
+            run(steps)
+            return steps * params["batch"]
 
-    return {"jit": go}, {"flops_per_item": flops / params["batch"]}
+        return go
+
+    return {k: timed(r) for k, r in runs.items()}, {"flops_per_item": flops / params["batch"]}
 
 
 def simclr_step(params, peer_info=None):
@@ -89,7 +107,7 @@ def simclr_step(params, peer_info=None):
         c.pretrain.batch_size = params["batch"]
         if params.get("width", 1.0) != 1.0:
             c.model.kw.width = params["width"]
-    return _steps(c, (32, 32, 3), params)
+    return _steps(c, (32, 32, 3), params, onednn_setting=True)
 
 
 def mae_step(params, peer_info=None):

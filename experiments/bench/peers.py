@@ -235,8 +235,8 @@ def rows_for(job: str, unit: str, results: dict, peak_gflops: float) -> list[dic
     peers = [r for r in rows if r["side"] != "ssl_jax"]
     if ours and peers:
         best = max(peers, key=lambda r: r["per_s"])
-        for r in rows:
-            r["ratio"] = ours[0]["per_s"] / best["per_s"] if r is ours[0] else None
+        for r in rows:  # every ssl_jax setting against the fastest peer
+            r["ratio"] = r["per_s"] / best["per_s"] if r["side"] == "ssl_jax" else None
             r["fastest_peer"] = r is best
     return rows
 

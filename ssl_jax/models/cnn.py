@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssl_jax.kernels import onednn
+
 # Variant -> channels (C0, C1, C2); the last is the feature dim.
 VARIANTS: dict[str, tuple[int, int, int]] = {
     "small": (32, 64, 128),
@@ -80,6 +82,7 @@ class Model(nn.Module):
                 use_bias=False,  # BatchNorm's bias makes a conv bias redundant.
                 kernel_init=conv_init,
                 dtype=self.dtype,
+                conv_general_dilated=onednn.conv_general_dilated,  # XLA's unless cpu_conv=onednn
                 name=f"conv{i}",
             )(x)
             x = nn.BatchNorm(

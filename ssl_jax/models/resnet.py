@@ -24,6 +24,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssl_jax.kernels import onednn
+
 # Depth -> (block type, number of blocks per stage).
 DEPTHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "18": ("basic", (2, 2, 2, 2)),
@@ -71,6 +73,7 @@ class _ConvBN(nn.Module):
             use_bias=False,
             kernel_init=conv_init,
             dtype=self.dtype,
+            conv_general_dilated=onednn.conv_general_dilated,  # XLA's unless cpu_conv=onednn
             name="conv",
         )(x)
         x = nn.BatchNorm(
