@@ -15,6 +15,9 @@ weights (dW), each as
           transformed, 16 matmuls (one per tile position, 2.25× fewer
           multiply-adds than the convolution), the result transformed back;
           dX and dW are JAX's autodiff of that forward;
+  onednn  oneDNN's convolution and its two backward passes, as
+          ``config.cpu_conv = "onednn"`` runs them (left out, with a note, where
+          its kernels cannot be built);
 
 and, apart, the layout transpose XLA inserts before each weight-gradient
 convolution (batch moved to the feature dimension) against a plain copy of the
@@ -38,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.bench.jax_side import EIGEN_CONV  # noqa: E402
+from ssl_jax.kernels import onednn  # noqa: E402
 
 # (height = width, channels in = out) of ResNet-18's stages on 32×32 inputs.
 STAGES = ((32, 64), (16, 128), (8, 256), (4, 512))
@@ -127,6 +131,17 @@ VARIANTS = {
 }
 
 
+def _onednn(x, w):
+    return onednn.conv2d(x, w, (1, 1), ((1, 1), (1, 1)))
+
+
+ONEDNN = {
+    "fwd": lambda x, w, dy: _onednn(x, w),
+    "dX": lambda x, w, dy: jax.vjp(lambda x_: _onednn(x_, w), x)[1](dy)[0],
+    "dW": lambda x, w, dy: jax.vjp(lambda w_: _onednn(x, w_), w)[1](dy)[0],
+}
+
+
 def _time_in_turn(fns, args, repeats):
     exes = [jax.jit(f).lower(*args).compile(compiler_options=EIGEN_CONV) for f in fns]
     outs = [np.asarray(jax.block_until_ready(e(*args))) for e in exes]  # warm-up
@@ -146,6 +161,13 @@ def main(argv=None):
     ap.add_argument("--toy", action="store_true", help="batch 2, 1 repeat, channels / 16")
     args = ap.parse_args(argv)
     batch, repeats, shrink = (2, 1, 16) if args.toy else (args.batch, args.repeats, 1)
+    variants = {k: dict(v) for k, v in VARIANTS.items()}
+    try:
+        onednn.load()
+        for pass_, fn in ONEDNN.items():
+            variants[pass_]["onednn"] = fn
+    except onednn.Unavailable as e:
+        print(f"leaving out onednn: {e}", file=sys.stderr)
     rows = []
     print("| layer | pass | variant | ms | GFLOP/s | speed vs first | max rel. error |")
     print("|---|---|---|---|---|---|---|")
@@ -157,9 +179,9 @@ def main(argv=None):
         dy = jax.random.normal(k[2], (batch, size, size, ch))
         flops = 2 * batch * size * size * 9 * ch * ch
         layer = f"{batch}×{size}×{size}×{ch}"
-        for pass_, variants in VARIANTS.items():
-            names = list(variants)
-            med, outs = _time_in_turn([variants[n] for n in names], (x, w, dy), repeats)
+        for pass_, fns in variants.items():
+            names = list(fns)
+            med, outs = _time_in_turn([fns[n] for n in names], (x, w, dy), repeats)
             for name, m, out in zip(names, med, outs, strict=True):
                 err = (
                     float(np.abs(out - outs[0]).max() / np.abs(outs[0]).max())

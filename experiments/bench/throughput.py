@@ -7,7 +7,9 @@
 For each model the jitted pretrain step (augmentation included, two views) is
 compiled twice in this one process: with XLA's default CPU convolutions and
 with the Eigen path that ``config.xla_fast_cpu_conv`` selects
-(``xla_cpu_experimental_ynn_fusion_type=""``). The two executables are timed
+(``xla_cpu_experimental_ynn_fusion_type=""``), and a third time with the
+convolutions through oneDNN (``config.cpu_conv``; on one device only, so with
+several the third is XLA's too). The executables are timed
 alternately (A B A B ...) after a warm-up, and the table reports medians and
 their ratio, so machine noise hits both sides alike. ``--objectives`` times the
 pretraining step of each objective's ``mnist`` config the same way, in turn.
@@ -34,6 +36,7 @@ from configs import simclr  # noqa: E402
 from experiments.bench import data, jax_side  # noqa: E402
 from experiments.ssl_mnist import OBJECTIVES  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
+from ssl_jax.kernels import onednn  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 
 MODELS = {  # name → (config variant, image shape, model overrides)
@@ -77,6 +80,13 @@ def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> l
         with config.unlocked():
             config.model.kw.width = 0.125
     jobs = {f"step/{k}": jax_side.pretrain_step(config, shape, v)[0] for k, v in CONV_PATHS.items()}
+    try:  # Eigen's compile options, and the convolutions through oneDNN (config.cpu_conv)
+        onednn.configure("onednn")
+        jobs["step/onednn"] = jax_side.pretrain_step(config, shape, jax_side.EIGEN_CONV)[0]
+    except onednn.Unavailable as e:
+        print(f"skipping step/onednn: {e}", file=sys.stderr)
+    finally:
+        onednn.configure("xla")
     key = jax.random.PRNGKey(0)
     images = jnp.asarray(data.images(batch, shape[0], shape[2]))
     # The config's pipeline (pp.chunk_size=-1, auto) and its two explicit settings.
