@@ -55,6 +55,18 @@ def test_conv_layer_bench_runs_at_toy_size_and_its_variants_agree(capsys):
 
 
 @pytest.mark.slow
+def test_resnet_parts_bench_runs_at_toy_size(capsys):
+    from experiments.bench import resnet_parts
+
+    rows = resnet_parts.main(["--toy"])
+    names = [r["variant"] for r in rows]
+    assert "per-channel sum, ones @ x" in names and "flax BatchNorm forward+backward" in names
+    assert any(n.endswith("convs, no BatchNorm") for n in names)
+    assert all(r["ms"] > 0 for r in rows)
+    assert "| per-channel sum, XLA reduce |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_acquisition_bench_runs_at_toy_size(capsys):
     from experiments.bench import acquisition
 
