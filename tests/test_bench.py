@@ -60,7 +60,8 @@ def test_resnet_parts_bench_runs_at_toy_size(capsys):
 
     rows = resnet_parts.main(["--toy"])
     names = [r["variant"] for r in rows]
-    assert "per-channel sum, ones @ x" in names and "flax BatchNorm forward+backward" in names
+    assert "per-channel sum, ones @ x" in names and "ssl_jax BatchNorm forward+backward" in names
+    assert any(n.endswith("convs, flax BatchNorm") for n in names)
     assert any(n.endswith("convs, no BatchNorm") for n in names)
     assert all(r["ms"] > 0 for r in rows)
     assert "| per-channel sum, XLA reduce |" in capsys.readouterr().out

@@ -41,10 +41,12 @@ def test_conv_and_its_gradients_equal_xla(n, h, c, o, k, s, p):
     assert y.shape == ref.shape
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     dy = jax.random.normal(kd, ref.shape)
-    got = jax.jit(jax.vjp(lambda x, w: onednn.conv2d(x, w, strides, pads), x, w)[1])(dy)
+    grad = jax.jit(jax.vjp(lambda x, w: onednn.conv2d(x, w, strides, pads), x, w)[1])
+    got, again = grad(dy), grad(dy)
     want = jax.vjp(lambda x, w: _xla(x, w, strides, pads), x, w)[1](dy)
-    for g, r in zip(got, want, strict=True):
+    for g, a, r in zip(got, again, want, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
+        np.testing.assert_array_equal(g, a)  # the same bits on a second call
 
 
 def test_xla_mode_and_unsupported_convolutions_stay_with_xla():

@@ -10,12 +10,14 @@ variant compiled as ssl_jax compiles the step (Eigen convolutions) and timed in
 turn (A B C D ...), medians of ``--repeats``:
 
   xla convs / onednn convs        the model as it is, each convolution path;
+  flax BatchNorm                  with flax.linen.BatchNorm instead of ssl_jax's
+                                  (models/batchnorm.py: sums as matrix products);
   no BatchNorm (, no ReLU)        BatchNorm (and ReLU) replaced by the identity.
 
 Part 2, one array the size of the first stage's activations
 ([batch, 32, 32, 64]): the per-channel sum as XLA reduces it, as a matmul with a
-vector of ones, flax's BatchNorm forward and forward+backward, and a plain
-elementwise pass over the array for scale.
+vector of ones, flax's and ssl_jax's BatchNorm forward and forward+backward,
+and a plain elementwise pass over the array for scale.
 """
 
 import argparse
@@ -36,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 from experiments.bench.jax_side import EIGEN_CONV  # noqa: E402
 from ssl_jax.kernels import onednn  # noqa: E402
 from ssl_jax.models import get_model, resnet  # noqa: E402
+from ssl_jax.models.batchnorm import BatchNorm  # noqa: E402
 
 
 class _Identity(nn.Module):
@@ -58,15 +61,14 @@ def _compile(f, *args):
     return lambda: jax.block_until_ready(exe(*args))
 
 
-def _resnet(x, width, conv, batchnorm=True, relu=True):
+def _resnet(x, width, conv, batchnorm=BatchNorm, relu=True):
     """The compiled forward+backward of ResNet-18 with the parts asked for."""
     ns = types.SimpleNamespace(**{k: getattr(nn, k) for k in dir(nn) if not k.startswith("__")})
-    if not batchnorm:
-        ns.BatchNorm = _Identity
     if not relu:
         ns.relu = lambda v: v
     onednn.configure(conv)
     resnet.nn = ns  # the module reads flax.linen through this name
+    resnet.BatchNorm = batchnorm
     try:
         net = get_model("resnet:18", cifar_stem=True, width=width)
         v = net.init(jax.random.PRNGKey(0), x[:2], train=True)
@@ -78,6 +80,7 @@ def _resnet(x, width, conv, batchnorm=True, relu=True):
         return _compile(jax.value_and_grad(loss), v["params"], x)
     finally:
         resnet.nn = nn
+        resnet.BatchNorm = BatchNorm
         onednn.configure("xla")
 
 
@@ -118,8 +121,9 @@ def main(argv=None):
         print(f"leaving out the onednn rows: {e}", file=sys.stderr)
     last = convs[-1]
     part1 = {f"{c} convs": _resnet(x, width, c) for c in convs}
-    part1[f"{last} convs, no BatchNorm"] = _resnet(x, width, last, batchnorm=False)
-    part1[f"{last} convs, no BatchNorm, no ReLU"] = _resnet(x, width, last, False, False)
+    part1[f"{last} convs, flax BatchNorm"] = _resnet(x, width, last, nn.BatchNorm)
+    part1[f"{last} convs, no BatchNorm"] = _resnet(x, width, last, _Identity)
+    part1[f"{last} convs, no BatchNorm, no ReLU"] = _resnet(x, width, last, _Identity, False)
     rows = _table(
         f"ResNet-18 forward+backward, batch {batch}, train mode, medians of {repeats} "
         f"({jax.device_count()} device(s); oneDNN runs only on one)",
@@ -129,11 +133,20 @@ def main(argv=None):
     c = max(1, int(64 * width))
     act = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, c))
     dy = jax.random.normal(jax.random.PRNGKey(2), act.shape)
-    bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
-    v = bn.init(jax.random.PRNGKey(0), act[:2])
 
-    def bn_fwd(p, x):
-        return bn.apply({**v, "params": p}, x, mutable=["batch_stats"])[0]
+    def bn_parts(module, name):
+        bn = module(use_running_average=False, momentum=0.9, epsilon=1e-5)
+        v = bn.init(jax.random.PRNGKey(0), act[:2])
+
+        def fwd(p, x):
+            return bn.apply({**v, "params": p}, x, mutable=["batch_stats"])[0]
+
+        return {
+            f"{name} BatchNorm forward": _compile(fwd, v["params"], act),
+            f"{name} BatchNorm forward+backward": _compile(
+                lambda p, x, d: jax.vjp(fwd, p, x)[1](d), v["params"], act, dy
+            ),
+        }
 
     part2 = {
         "elementwise pass (x * 2)": _compile(lambda x: x * 2, act),
@@ -141,10 +154,8 @@ def main(argv=None):
         "per-channel sum, ones @ x": _compile(
             lambda x: jnp.ones((1, x.size // c), x.dtype) @ x.reshape(-1, c), act
         ),
-        "flax BatchNorm forward": _compile(bn_fwd, v["params"], act),
-        "flax BatchNorm forward+backward": _compile(
-            lambda p, x, d: jax.vjp(bn_fwd, p, x)[1](d), v["params"], act, dy
-        ),
+        **bn_parts(nn.BatchNorm, "flax"),
+        **bn_parts(BatchNorm, "ssl_jax"),
     }
     rows += _table(
         f"One [{batch}, 32, 32, {c}] array, medians of {repeats}",

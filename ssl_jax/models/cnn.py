@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ssl_jax.kernels import onednn
+from ssl_jax.models.batchnorm import BatchNorm
 
 # Variant -> channels (C0, C1, C2); the last is the feature dim.
 VARIANTS: dict[str, tuple[int, int, int]] = {
@@ -85,7 +86,7 @@ class Model(nn.Module):
                 conv_general_dilated=onednn.conv_general_dilated,  # XLA's unless cpu_conv=onednn
                 name=f"conv{i}",
             )(x)
-            x = nn.BatchNorm(
+            x = BatchNorm(
                 use_running_average=not train,
                 momentum=0.9,
                 epsilon=1e-5,
@@ -101,7 +102,7 @@ class Model(nn.Module):
         x = nn.Dense(self.dense_dim, use_bias=False, dtype=self.dtype, name="dense")(
             x.reshape(x.shape[0], -1)
         )
-        x = nn.BatchNorm(
+        x = BatchNorm(
             use_running_average=not train,
             momentum=0.9,
             epsilon=1e-5,

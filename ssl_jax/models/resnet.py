@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ssl_jax.kernels import onednn
+from ssl_jax.models.batchnorm import BatchNorm
 
 # Depth -> (block type, number of blocks per stage).
 DEPTHS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -76,7 +77,7 @@ class _ConvBN(nn.Module):
             conv_general_dilated=onednn.conv_general_dilated,  # XLA's unless cpu_conv=onednn
             name="conv",
         )(x)
-        x = nn.BatchNorm(
+        x = BatchNorm(
             use_running_average=not train,
             momentum=0.9,
             epsilon=1e-5,
