@@ -93,3 +93,21 @@ def test_resnet_and_cnn_use_it_with_flax_variable_names():
             lambda v, m=model: m.apply(v, x, train=True, mutable=["batch_stats"])
         )(v)
         assert str(jaxpr).count("custom_vjp_call[") == layers
+
+
+def test_other_backends_take_xla_reductions_with_the_same_result(monkeypatch):
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 6)) * 2 + 1
+    scale, bias = jnp.linspace(0.5, 1.5, 6), jnp.zeros(6)
+    from ssl_jax.models import batchnorm
+
+    def grads():
+        f = lambda x, s: jnp.sum(jnp.sin(batchnorm.batch_norm(x, s, bias, 1e-5)[0]))  # noqa: E731
+        jaxpr = str(jax.make_jaxpr(jax.grad(f, (0, 1)))(x, scale))
+        return jax.grad(f, (0, 1))(x, scale), jaxpr
+
+    on_cpu, cpu_jaxpr = grads()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    elsewhere, other_jaxpr = grads()
+    assert "dot_general" in cpu_jaxpr and "dot_general" not in other_jaxpr
+    for a, b in zip(on_cpu, elsewhere, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
