@@ -226,26 +226,12 @@ def conv_general_dilated(
     preferred_element_type=None,
 ):
     """``lax.conv_general_dilated``, through oneDNN where configured and possible."""
-    pads = _onednn_pads(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count * batch_group_count,
-    )
+    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers)
+    pads = _onednn_pads(*args, feature_group_count * batch_group_count)
     if pads is not None and preferred_element_type in (None, np.float32):
         return conv2d(lhs, rhs, tuple(int(s) for s in window_strides), pads)
     return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
+        *args,
         feature_group_count,
         batch_group_count,
         precision=precision,
