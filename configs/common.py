@@ -38,7 +38,7 @@ def base_config() -> mlc.ConfigDict:
     c.xla_fast_cpu_conv = True
     # Who runs the ResNet and CNN convolutions on the CPU backend: "onednn"
     # (ssl_jax/kernels/onednn.py: a small C++ kernel built on first use against
-    # the oneDNN wheels; SimCLR steps 1.3-1.4x faster, experiments/bench/RESULTS.md),
+    # the oneDNN wheels; SimCLR steps 1.3-1.45x faster, experiments/bench/RESULTS.md),
     # "xla", or "auto": oneDNN where it builds and loads, else XLA. Only on a
     # single CPU device; no effect on GPU/TPU.
     c.cpu_conv = "auto"

@@ -1,9 +1,10 @@
 """Convolutions through oneDNN on the CPU backend (``config.cpu_conv``).
 
 XLA's CPU backend runs convolutions through Eigen. oneDNN, the library PyTorch
-uses on the CPU, ran ResNet-18's 3×3 layers 1.2–1.3× faster forward and
-1.3–3.3× faster for the weight gradient on the same 2-core machine, and whole
-SimCLR steps 1.3–1.4× faster (experiments/bench/RESULTS.md).
+uses on the CPU, ran the 3×3 layers of ResNet-18's first three stages
+1.1–1.2× faster forward and 1.4–2.5× faster for the kernel gradient on a
+2-core machine (0.75–0.84× on the last stage's 4×4×512), and whole SimCLR
+steps 1.3–1.45× faster (experiments/bench/RESULTS.md).
 
 How it works:
   * ``onednn_conv.cc`` (next to this file) defines three XLA FFI handlers: the
