@@ -55,8 +55,8 @@ def _backward(epsilon, res, cotangents):
     dy, dmean, dvar = cotangents
     m = x.shape[0]
     dbias = _colsum(dy)
-    dscale = rstd * (_colsum(dy * x) - mean * dbias)  # = Σ dy · x̂
     xhat = (x - mean) * rstd
+    dscale = _colsum(dy * xhat)  # centred: no cancellation where |mean| ≫ std
     dx = (scale * rstd) * (dy - (dbias + xhat * dscale) / m)
     # The statistics' own cotangents (zero when only y reaches the loss).
     dx = dx + (dmean + 2.0 * dvar * (x - mean)) / m
