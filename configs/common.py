@@ -42,6 +42,11 @@ def base_config() -> mlc.ConfigDict:
     # "xla", or "auto": oneDNN where it builds and loads, else XLA. Only on a
     # single CPU device; no effect on GPU/TPU.
     c.cpu_conv = "auto"
+    # Who runs the ViT's attention core softmax(q k^T / sqrt(d)) v on the CPU
+    # backend: "fused" (ssl_jax/kernels/attention.py: one C++ pass per image and
+    # head, built on first use), "xla", or "auto": fused where it builds and
+    # loads, else XLA. Only on a single CPU device; no effect on GPU/TPU.
+    c.cpu_attention = "auto"
     c.init_from = ""  # checkpoint dir for transfer: parameters only
 
     c.distributed = mlc.ConfigDict(dict(coordinator="", num_processes=1, process_id=0))

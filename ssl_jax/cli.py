@@ -53,10 +53,11 @@ def check_config(config):
     for stage in config.stages:
         if (check := getattr(get_stage(stage), "check", None)) is not None:
             check(config)
-    from ssl_jax.kernels.onednn import MODES
+    from ssl_jax.kernels import attention, onednn
 
-    if config.cpu_conv not in MODES:
-        raise ValueError(f"cpu_conv must be one of {', '.join(MODES)}, got {config.cpu_conv!r}")
+    for key, modes in (("cpu_conv", onednn.MODES), ("cpu_attention", attention.MODES)):
+        if config.get(key) not in modes:
+            raise ValueError(f"{key} must be one of {', '.join(modes)}, got {config.get(key)!r}")
     views = config.eval.tta_views
     if isinstance(views, bool) or not isinstance(views, int) or views < 0:
         raise ValueError(f"eval.tta_views must be an integer >= 0, got {views!r}")
@@ -79,9 +80,10 @@ def run_pipeline(config, workdir: str) -> dict:
     )
     import jax
 
-    from ssl_jax.kernels import onednn
+    from ssl_jax.kernels import attention, onednn
 
     onednn.configure(config.cpu_conv)  # after jax.distributed: it asks for the backend
+    attention.configure(config.cpu_attention)
 
     from ssl_jax.data.labels import atomic_write_text
     from ssl_jax.stages import get_stage
@@ -95,7 +97,11 @@ def run_pipeline(config, workdir: str) -> dict:
     print(
         f"workdir {workdir}: stages {', '.join(config.stages)} on {mesh.devices.size} "
         f"{jax.default_backend()} device(s)"
-        + (f", convolutions by {onednn.runs_on()}" if jax.default_backend() == "cpu" else "")
+        + (
+            f", convolutions by {onednn.runs_on()}, attention by {attention.runs_on()}"
+            if jax.default_backend() == "cpu"
+            else ""
+        )
     )
     results = {}
     for stage in config.stages:
@@ -121,7 +127,7 @@ def main(argv):
     workdir = flags.FLAGS.workdir or default_workdir(
         config_flags.get_config_filename(flags.FLAGS["config"])
     )
-    from ssl_jax.kernels.onednn import Unavailable
+    from ssl_jax.kernels.native import Unavailable
     from ssl_jax.stages.active import WaitingForLabels
     from ssl_jax.stages.loop import NonFiniteLoss
 

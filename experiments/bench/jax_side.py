@@ -25,7 +25,8 @@ from experiments.bench import data  # noqa: E402
 from ssl_jax import acquisition, parallel  # noqa: E402
 from ssl_jax.evaluators import knn as knn_lib  # noqa: E402
 from ssl_jax.evaluators import linear_probe  # noqa: E402
-from ssl_jax.kernels import onednn  # noqa: E402
+from ssl_jax.kernels import attention as attention_kernels  # noqa: E402
+from ssl_jax.kernels import native, onednn  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 from ssl_jax.stages.pretrain import make_step  # noqa: E402
@@ -71,23 +72,26 @@ def pretrain_step(config, image_shape, compiler_options=None, seed=0):
     return run, cost_flops(exe)
 
 
-def _steps(config, shape, params, onednn_setting=False):
-    """The pretraining step as ssl_jax compiles it ("jit"); with ``onednn_setting``
-    also with ``config.cpu_conv = "onednn"`` (its FLOPs are the "jit" step's: XLA
-    does not count the work of custom calls)."""
+ONEDNN_CONVS = ("jit, oneDNN convs (cpu_conv=onednn)", onednn, "onednn")
+FUSED_ATTENTION = ("jit, fused attention (cpu_attention=fused)", attention_kernels, "fused")
+
+
+def _steps(config, shape, params, kernels=()):
+    """The pretraining step as ssl_jax compiles it with XLA's kernels ("jit"), and
+    again with each of ``kernels`` ((setting, module, mode): ssl_jax's CPU
+    kernels, as the config selects them) configured. FLOPs are the "jit" step's:
+    XLA does not count the work of custom calls."""
     steps = params["steps"]
     run, flops = pretrain_step(config, shape, EIGEN_CONV)
     runs = {"jit": run}
-    if onednn_setting:
+    for setting, module, mode in kernels:
         try:
-            onednn.configure("onednn")
-            runs["jit, oneDNN convs (cpu_conv=onednn)"] = pretrain_step(config, shape, EIGEN_CONV)[
-                0
-            ]
-        except onednn.Unavailable as e:
-            print(f"skipping the oneDNN setting: {e}", file=sys.stderr)
+            module.configure(mode)
+            runs[setting] = pretrain_step(config, shape, EIGEN_CONV)[0]
+        except native.Unavailable as e:
+            print(f"skipping the setting {setting!r}: {e}", file=sys.stderr)
         finally:
-            onednn.configure("xla")
+            module.configure("xla")
 
     def timed(run):
         def go():
@@ -107,7 +111,7 @@ def simclr_step(params, peer_info=None):
         c.pretrain.batch_size = params["batch"]
         if params.get("width", 1.0) != 1.0:
             c.model.kw.width = params["width"]
-    return _steps(c, (32, 32, 3), params, onednn_setting=True)
+    return _steps(c, (32, 32, 3), params, kernels=[ONEDNN_CONVS])
 
 
 def mae_step(params, peer_info=None):
@@ -117,7 +121,7 @@ def mae_step(params, peer_info=None):
         c.pretrain.batch_size = params["batch"]
         if params.get("depth") is not None:  # 0: no encoder blocks (mae_rest)
             c.model.kw.depth = params["depth"]
-    return _steps(c, (32, 32, 3), params)
+    return _steps(c, (32, 32, 3), params, kernels=[FUSED_ATTENTION])
 
 
 class DenseStack(nn.Module):
@@ -179,7 +183,8 @@ def vit_blocks(params, peer_info=None):
 def attention(params, peer_info=None):
     """ssl_jax's attention core (``vit.attention_core``), forward and backward
     of mean(out^2) with respect to q, k and v ([batch, tokens, heads, head_dim]),
-    compiled as ssl_jax compiles (the Eigen switch), and with YNNPACK dots."""
+    compiled as ssl_jax compiles (the Eigen switch), with YNNPACK dots, and fused
+    in C++ (``config.cpu_attention = "fused"``)."""
     p = params
     q, k, v = (
         jnp.asarray(data.tokens(p["batch"], p["tokens"], p["heads"] * p["head_dim"], seed)).reshape(
@@ -187,14 +192,24 @@ def attention(params, peer_info=None):
         )
         for seed in range(3)
     )
-    grad = jax.jit(
-        jax.grad(lambda q, k, v: jnp.mean(jnp.square(vit.attention_core(q, k, v))), (0, 1, 2))
-    )
-    settings = {"jit": EIGEN_CONV, "jit, YNNPACK dots": YNN_DOTS}
+
+    def grad():
+        loss = lambda q, k, v: jnp.mean(jnp.square(vit.attention_core(q, k, v)))  # noqa: E731
+        return jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, k, v)
+
+    settings = {"jit": (EIGEN_CONV, "xla"), "jit, YNNPACK dots": (YNN_DOTS, "xla")}
+    settings["jit, fused (cpu_attention=fused)"] = (EIGEN_CONV, "fused")
     variants, flops = {}, 0.0
-    for name, options in settings.items():
-        exe = grad.lower(q, k, v).compile(compiler_options=options)
-        flops = flops or cost_flops(exe)  # of the first, as ssl_jax compiles it
+    for name, (options, mode) in settings.items():
+        try:
+            attention_kernels.configure(mode)
+            exe = grad().compile(compiler_options=options)
+        except native.Unavailable as e:
+            print(f"skipping the setting {name!r}: {e}", file=sys.stderr)
+            continue
+        finally:
+            attention_kernels.configure("xla")
+        flops = flops or cost_flops(exe)  # of the first, as XLA compiles it
 
         def go(exe=exe):
             for _ in range(p["steps"]):

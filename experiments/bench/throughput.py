@@ -36,7 +36,7 @@ from configs import simclr  # noqa: E402
 from experiments.bench import data, jax_side  # noqa: E402
 from experiments.ssl_mnist import OBJECTIVES  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
-from ssl_jax.kernels import onednn  # noqa: E402
+from ssl_jax.kernels import attention, native, onednn  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 
 MODELS = {  # name → (config variant, image shape, model overrides)
@@ -109,9 +109,29 @@ def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> l
     return rows
 
 
+def _with_cpu_kernels(build):
+    """``build()`` with ssl_jax's CPU kernels selected (the oneDNN convolutions and
+    the fused attention core, where they build), as ``config.cpu_conv`` and
+    ``config.cpu_attention`` = "auto" select them on one CPU device; None if
+    neither builds."""
+    selected = []
+    for module, mode in ((onednn, "onednn"), (attention, "fused")):
+        try:
+            module.configure(mode)
+            selected.append(module)
+        except native.Unavailable as e:
+            print(f"without {module.__name__}: {e}", file=sys.stderr)
+    try:
+        return build() if selected else None
+    finally:
+        for module in selected:
+            module.configure("xla")
+
+
 def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> list[dict]:
     """The pretraining step of each objective's ``mnist`` config (Eigen conv
-    path, as config.xla_fast_cpu_conv runs it), timed in turn."""
+    path, as config.xla_fast_cpu_conv runs it) with XLA's kernels ("step/eigen")
+    and with ssl_jax's CPU kernels ("step/cpu kernels"), all timed in turn."""
     jobs = {}
     for spec in names:
         name, _, settings = spec.partition("@")
@@ -127,10 +147,14 @@ def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> 
             pc.batch_size = batch
             if toy and config.model.name.startswith("vit"):
                 config.model.kw.depth = 1
-        jobs[spec] = jax_side.pretrain_step(config, (28, 28, 1), jax_side.EIGEN_CONV)[0]
-    rows = []
-    for k, ts in alternate(jobs, steps, repeats).items():
-        rows.append({**summary(k, "step/eigen", ts, batch), "ratio": float("nan")})
+        build = functools.partial(jax_side.pretrain_step, config, (28, 28, 1), jax_side.EIGEN_CONV)
+        jobs[(spec, "step/eigen")] = build()[0]
+        if (own := _with_cpu_kernels(build)) is not None:
+            jobs[(spec, "step/cpu kernels")] = own[0]
+    rows = [summary(*k, ts, batch) for k, ts in alternate(jobs, steps, repeats).items()]
+    for r in rows:
+        base = next(b for b in rows if b["model"] == r["model"] and b["job"] == "step/eigen")
+        r["ratio"] = base["ms"] / r["ms"]
     return rows
 
 
@@ -165,7 +189,7 @@ def main(argv=None):
         f"\nbatch {a.batch} (two views per image), median of {a.repeats} repeats "
         f"x {a.steps} steps\n"
     )
-    print("| model | job | ms / batch | source images/s | spread | speed vs default conv |")
+    print("| model | job | ms / batch | source images/s | spread | speed vs its first step row |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         ratio = "" if np.isnan(r["ratio"]) else f"{r['ratio']:.2f}x"

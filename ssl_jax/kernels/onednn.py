@@ -33,18 +33,15 @@ tracing the models (``ssl_jax.cli`` does, from the config).
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
 from jax import lax
+
+from ssl_jax.kernels import native
 
 MODES = ("auto", "xla", "onednn")
 TARGETS = ("DnnlConvFwd", "DnnlConvBwdData", "DnnlConvBwdWeights")
@@ -54,8 +51,8 @@ INSTALL_HINT = "pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==202
 _state = {"mode": "xla", "lib": None}
 
 
-class Unavailable(RuntimeError):
-    """oneDNN convolutions cannot be built or loaded here (the message says why)."""
+Unavailable = native.Unavailable
+cache_dir = native.cache_dir
 
 
 def _onednn_paths() -> tuple[str, str]:
@@ -68,54 +65,18 @@ def _onednn_paths() -> tuple[str, str]:
     return include, lib
 
 
-def cache_dir() -> str:
-    return os.environ.get("SSL_JAX_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "ssl_jax"
-    )
-
-
 def build(force: bool = False) -> str:
     """Compiles onednn_conv.cc (once; again with ``force``) and returns the .so path."""
     include, lib = _onednn_paths()
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    key = hashlib.sha256(
-        b"\0".join([source, jax.__version__.encode(), lib.encode(), sys.version.encode()])
-    ).hexdigest()[:16]
-    out = os.path.join(cache_dir(), "kernels", f"onednn_conv-{key}.so")
-    if os.path.exists(out) and not force:
-        return out
-    print(f"building the oneDNN convolution kernels (once) into {out}", file=sys.stderr)
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise Unavailable("no C++ compiler found to build the oneDNN kernels (set $CXX)")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
-    os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", SOURCE, "-o", tmp]
-    cmd += ["-I", jax.ffi.include_dir(), "-I", include, "-L", lib, "-ldnnl", f"-Wl,-rpath,{lib}"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise Unavailable(
-                f"building the oneDNN kernels failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}"
-            )
-        os.replace(tmp, out)  # atomic: a concurrent build never sees half a file
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
+    args = ["-O2", "-I", include, "-L", lib, "-ldnnl", f"-Wl,-rpath,{lib}"]
+    return native.build_library("onednn_conv", SOURCE, args, "oneDNN convolution kernels", force)
 
 
 def load() -> None:
     """Builds if needed, loads, and registers the FFI handlers (once per process)."""
     if _state["lib"] is not None:
         return
-    path = build()
-    lib = ctypes.CDLL(path)
-    for name in TARGETS:
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
-    _state["lib"] = lib
+    _state["lib"] = native.register(build(), TARGETS)
 
 
 def configure(mode: str) -> str:

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssl_jax.kernels import attention
+
 # Size name -> (width, depth, num_heads, mlp_dim), as in Dosovitskiy et al. / DeiT.
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "ti": (192, 12, 3, 768),
@@ -165,10 +167,9 @@ class SelfAttention(nn.Module):
 
 def attention_core(q, k, v):
     """softmax(q k^T / sqrt(head_dim)) v per head; q, k, v and the result are
-    [batch, tokens, heads, head_dim]."""
-    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    [batch, tokens, heads, head_dim]. Fused in C++ on a single CPU device when
+    ``config.cpu_attention`` selects it (ssl_jax/kernels/attention.py), else XLA's."""
+    return attention.attention_core(q, k, v)
 
 
 class MlpBlock(nn.Module):

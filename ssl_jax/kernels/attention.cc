@@ -1,0 +1,275 @@
+// The attention core softmax(q k^T * scale) v for the CPU, fused per (image,
+// head), as two XLA FFI custom calls: the forward pass (which also returns each
+// row's log-sum-exp) and the backward pass (which recomputes the weights from
+// it, as flash attention does). Built and loaded by ssl_jax/kernels/attention.py;
+// see its docstring.
+//
+// q is [batch, q_tokens, heads, head_dim], k and v [batch, k_tokens, heads,
+// head_dim], all float32. One (image, head) pair's matrices are a few KiB, so
+// each pair is done start to end in cache by one thread; pairs are spread over
+// the cores with OpenMP. Calls are serialised: each already uses every core.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+std::mutex mu;
+
+struct Dims {
+  int64_t b, lq, lk, h, d;
+};
+
+// 16 floats: one AVX-512 register (two AVX2 ones; GCC splits it where needed).
+typedef float V16 __attribute__((vector_size(64)));
+typedef int32_t I16 __attribute__((vector_size(64)));
+
+inline V16 Load(const float* p) {
+  V16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void Store(float* p, V16 v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// The block C[i0:i0+R, j0:j0+16*W] of op(A) B, summed over k in registers.
+template <int R, int W>
+inline void Block(bool ta, int64_t i0, int64_t j0, int64_t k, float alpha, const float* a,
+                  int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
+                  int64_t ldc) {
+  V16 acc[R][W] = {};
+  for (int64_t p = 0; p < k; ++p) {
+    V16 bv[W];
+    for (int w = 0; w < W; ++w) bv[w] = Load(b + p * ldb + j0 + 16 * w);
+    for (int r = 0; r < R; ++r) {
+      const float s = ta ? a[p * lda + i0 + r] : a[(i0 + r) * lda + p];
+      for (int w = 0; w < W; ++w) acc[r][w] += s * bv[w];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int w = 0; w < W; ++w) {
+      float* out = c + (i0 + r) * ldc + j0 + 16 * w;
+      Store(out, (accumulate ? Load(out) : V16{}) + alpha * acc[r][w]);
+    }
+}
+
+template <int W>
+inline void Columns(bool ta, int64_t m, int64_t j0, int64_t k, float alpha, const float* a,
+                    int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
+                    int64_t ldc) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) Block<4, W>(ta, i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; i < m; ++i) Block<1, W>(ta, i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+}
+
+// C[m, n] (+)= alpha * op(A) B. op(A) is A [m, k] (lda) or, with `ta`, the
+// transpose of A [k, m] (lda); B is [k, n] (ldb); C has row stride ldc. Blocks
+// of 4 rows by 32 or 16 columns are summed in registers; the last n % 16
+// columns by a plain loop.
+inline void Gemm(bool ta, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
+                 int64_t ldc) {
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) Columns<2>(ta, m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; j + 16 <= n; j += 16) Columns<1>(ta, m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  if (j == n) return;
+  for (int64_t i = 0; i < m; ++i) {
+    float* crow = c + i * ldc;
+    for (int64_t jj = j; jj < n; ++jj) {
+      float sum = 0.0f;
+      for (int64_t p = 0; p < k; ++p) sum += (ta ? a[p * lda + i] : a[i * lda + p]) * b[p * ldb + jj];
+      crow[jj] = (accumulate ? crow[jj] : 0.0f) + alpha * sum;
+    }
+  }
+}
+
+// exp(x) for 16 floats: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6
+// polynomial (Cephes' expf coefficients, ~1 ulp), times 2^n built in the
+// exponent bits. x is clamped to [-87, 88], inside float's normal range; the
+// kernels only take exp of x <= ~0, where exp(-87) ~ 1.6e-38 stands for 0.
+inline V16 Exp(V16 x) {
+  x = x < -87.0f ? V16{} - 87.0f : x;
+  x = x > 88.0f ? V16{} + 88.0f : x;
+  const V16 magic = V16{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  V16 n = (x * 1.44269504088896341f + magic) - magic;
+  V16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  V16 p = V16{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  I16 e = (__builtin_convertvector(n, I16) + 127) << 23;
+  V16 scale;
+  __builtin_memcpy(&scale, &e, sizeof scale);
+  return p * scale;
+}
+
+// row[j] = exp(row[j] - shift) for j < n; returns their sum.
+inline float ExpRow(float* row, int64_t n, float shift) {
+  V16 acc{};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    V16 e = Exp(Load(row + j) - shift);
+    Store(row + j, e);
+    acc += e;
+  }
+  float sum = 0.0f;
+  for (int w = 0; w < 16; ++w) sum += acc[w];
+  for (; j < n; ++j) sum += (row[j] = std::exp(row[j] - shift));
+  return sum;
+}
+
+// One head's rows [l, d] of x [.., l, h, d] (row stride h * d), contiguous.
+inline void Gather(const float* x, int64_t l, int64_t stride, int64_t d, float* out) {
+  for (int64_t i = 0; i < l; ++i) std::copy(x + i * stride, x + i * stride + d, out + i * d);
+}
+
+// The same rows transposed, [d, l].
+inline void GatherT(const float* x, int64_t l, int64_t stride, int64_t d, float* out) {
+  for (int64_t i = 0; i < l; ++i)
+    for (int64_t c = 0; c < d; ++c) out[c * l + i] = x[i * stride + c];
+}
+
+// One head's rows written back into y [.., l, h, d].
+inline void Scatter(const float* rows, int64_t l, int64_t stride, int64_t d, float* y) {
+  for (int64_t i = 0; i < l; ++i) std::copy(rows + i * d, rows + (i + 1) * d, y + i * stride);
+}
+
+// s [lq, lk] = scale * q kt, with kt [d, lk].
+inline void Scores(const Dims& s, float scale, const float* q, const float* kt, float* out) {
+  Gemm(false, s.lq, s.lk, s.d, scale, q, s.d, kt, s.lk, false, out, s.lk);
+}
+
+ffi::Error Check(const Dims& s) {
+  if (s.b < 0 || s.lq < 1 || s.lk < 1 || s.h < 1 || s.d < 1)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "attention: empty dimensions");
+  return ffi::Error::Success();
+}
+
+Dims MakeDims(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  return Dims{qd[0], qd[1], kd[1], qd[2], qd[3]};
+}
+
+ffi::Error Fwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+               ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse, float scale) {
+  const Dims s = MakeDims(q, k);
+  if (auto e = Check(s); e.failure()) return e;
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  float *op = o->typed_data(), *lp = lse->typed_data();
+  const int64_t stride = s.h * s.d, pairs = s.b * s.h;
+  std::lock_guard<std::mutex> lock(mu);
+#pragma omp parallel
+  {
+    std::vector<float> qb(s.lq * s.d), kt(s.d * s.lk), vb(s.lk * s.d), p(s.lq * s.lk),
+        ob(s.lq * s.d);
+#pragma omp for schedule(static)
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      const int64_t n = pair / s.h, hh = pair % s.h;
+      const int64_t qoff = n * s.lq * stride + hh * s.d, koff = n * s.lk * stride + hh * s.d;
+      Gather(qp + qoff, s.lq, stride, s.d, qb.data());
+      GatherT(kp + koff, s.lk, stride, s.d, kt.data());
+      Gather(vp + koff, s.lk, stride, s.d, vb.data());
+      Scores(s, scale, qb.data(), kt.data(), p.data());
+      float* lrow = lp + pair * s.lq;  // lse is [batch, heads, q_tokens]
+      for (int64_t i = 0; i < s.lq; ++i) {
+        float* row = p.data() + i * s.lk;
+        const float m = *std::max_element(row, row + s.lk);
+        const float sum = ExpRow(row, s.lk, m);
+        const float inv = 1.0f / sum;
+#pragma omp simd
+        for (int64_t j = 0; j < s.lk; ++j) row[j] *= inv;
+        lrow[i] = m + std::log(sum);
+      }
+      Gemm(false, s.lq, s.d, s.lk, 1.0f, p.data(), s.lk, vb.data(), s.d, false, ob.data(), s.d);
+      Scatter(ob.data(), s.lq, stride, s.d, op + qoff);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+               ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+               ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+               ffi::ResultBuffer<ffi::F32> dv, float scale) {
+  const Dims s = MakeDims(q, k);
+  if (auto e = Check(s); e.failure()) return e;
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const float *opp = o.typed_data(), *lp = lse.typed_data(), *gp = dout.typed_data();
+  float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
+  const int64_t stride = s.h * s.d, pairs = s.b * s.h;
+  std::lock_guard<std::mutex> lock(mu);
+#pragma omp parallel
+  {
+    std::vector<float> qb(s.lq * s.d), kb(s.lk * s.d), kt(s.d * s.lk), vt(s.d * s.lk),
+        g(s.lq * s.d), p(s.lq * s.lk), dp(s.lq * s.lk), delta(s.lq), dqb(s.lq * s.d),
+        dkb(s.lk * s.d), dvb(s.lk * s.d);
+#pragma omp for schedule(static)
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      const int64_t n = pair / s.h, hh = pair % s.h;
+      const int64_t qoff = n * s.lq * stride + hh * s.d, koff = n * s.lk * stride + hh * s.d;
+      Gather(qp + qoff, s.lq, stride, s.d, qb.data());
+      Gather(kp + koff, s.lk, stride, s.d, kb.data());
+      GatherT(kp + koff, s.lk, stride, s.d, kt.data());
+      GatherT(vp + koff, s.lk, stride, s.d, vt.data());
+      Gather(gp + qoff, s.lq, stride, s.d, g.data());
+      const float* lrow = lp + pair * s.lq;
+      // The weights p from the forward's log-sum-exp, and delta_i = <dout_i, o_i>.
+      Scores(s, scale, qb.data(), kt.data(), p.data());
+      for (int64_t i = 0; i < s.lq; ++i) {
+        float* row = p.data() + i * s.lk;
+        ExpRow(row, s.lk, lrow[i]);
+        const float* orow = opp + qoff + i * stride;
+        float acc = 0.0f;
+        for (int64_t c = 0; c < s.d; ++c) acc += g[i * s.d + c] * orow[c];
+        delta[i] = acc;
+      }
+      // dv = p^T dout; dp = dout v^T; ds = p * (dp - delta), kept in dp.
+      Gemm(true, s.lk, s.d, s.lq, 1.0f, p.data(), s.lk, g.data(), s.d, false, dvb.data(), s.d);
+      Gemm(false, s.lq, s.lk, s.d, 1.0f, g.data(), s.d, vt.data(), s.lk, false, dp.data(), s.lk);
+      for (int64_t i = 0; i < s.lq; ++i) {
+        float* drow = dp.data() + i * s.lk;
+        const float* prow = p.data() + i * s.lk;
+        for (int64_t j = 0; j < s.lk; ++j) drow[j] = prow[j] * (drow[j] - delta[i]);
+      }
+      // dq = scale * ds k; dk = scale * ds^T q.
+      Gemm(false, s.lq, s.d, s.lk, scale, dp.data(), s.lk, kb.data(), s.d, false, dqb.data(), s.d);
+      Gemm(true, s.lk, s.d, s.lq, scale, dp.data(), s.lk, qb.data(), s.d, false, dkb.data(), s.d);
+      Scatter(dqb.data(), s.lq, stride, s.d, dqp + qoff);
+      Scatter(dkb.data(), s.lk, stride, s.d, dkp + koff);
+      Scatter(dvb.data(), s.lk, stride, s.d, dvp + koff);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AttentionFwd, Fwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AttentionBwd, Bwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));

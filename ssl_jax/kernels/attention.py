@@ -1,0 +1,129 @@
+"""The ViT's attention core fused in C++ on the CPU backend (``config.cpu_attention``).
+
+XLA's CPU backend runs the core softmax(q kᵀ/√d) v as batched matmuls of many
+small per-(image, head) products, a softmax between them, and the backward's
+four more products, each a pass over memory. ``attention.cc`` (next to this
+file) does one (image, head) pair start to end in cache instead: the forward
+pass keeps only each row's log-sum-exp for the backward, which recomputes the
+weights from it (as flash attention does). Pairs are spread over the cores
+with OpenMP. Measurements: experiments/bench/RESULTS.md.
+
+``configure("fused")`` builds it once with the system's C++ compiler
+(ssl_jax/kernels/native.py; no other dependency) and registers it for the CPU.
+``"auto"`` (the config's default) does so where JAX's backend is the CPU and
+falls back to XLA, with a note, where it cannot be built. ``attention_core``
+then sends float32 cores to it when JAX's backend is the CPU with a single
+device (several devices stay with XLA: the custom calls have no partitioning
+rule, so XLA would gather a sharded batch onto every device). The choice is
+made when a function is traced: call ``configure`` before tracing the models
+(``ssl_jax.cli`` does, from the config).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax.kernels import native
+
+MODES = ("auto", "xla", "fused")
+TARGETS = ("AttentionFwd", "AttentionBwd")
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention.cc")
+
+_state = {"mode": "xla", "lib": None}
+
+
+def build(force: bool = False) -> str:
+    """Compiles attention.cc (once; again with ``force``) and returns the .so path."""
+    args = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
+    return native.build_library("attention", SOURCE, args, "fused attention kernels", force)
+
+
+def load() -> None:
+    """Builds if needed, loads, and registers the FFI handlers (once per process)."""
+    if _state["lib"] is None:
+        _state["lib"] = native.register(build(), TARGETS)
+
+
+def configure(mode: str) -> str:
+    """Selects who runs the attention core on the CPU and returns it: "fused"
+    (raises ``native.Unavailable`` if it cannot be built or loaded), "xla", or
+    "auto": fused where JAX's backend is the CPU and it loads, else XLA (saying
+    why on stderr)."""
+    if mode not in MODES:
+        raise ValueError(f"cpu_attention must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "auto":
+        mode = "xla"
+        if jax.default_backend() == "cpu":
+            try:
+                load()
+                mode = "fused"
+            except native.Unavailable as e:
+                print(f"cpu_attention=auto: XLA's attention, as {e}", file=sys.stderr)
+    elif mode == "fused":
+        load()
+    _state["mode"] = mode
+    return mode
+
+
+def mode() -> str:
+    return _state["mode"]
+
+
+def runs_on() -> str:
+    """Who runs the attention core now: "fused" or "xla"."""
+    return "fused" if _route() else "xla"
+
+
+def _route() -> bool:
+    return _state["mode"] == "fused" and jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def xla_core(q, k, v):
+    """softmax(q kᵀ/√d) v per head, in XLA; q [batch, q_tokens, heads, head_dim],
+    k and v [batch, k_tokens, heads, head_dim]."""
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def _scale(q) -> np.float32:
+    return np.float32(1.0 / np.sqrt(q.shape[-1]))
+
+
+def _fwd_call(q, k, v):
+    b, lq, h, _ = q.shape
+    out = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lq), q.dtype))
+    return jax.ffi.ffi_call("AttentionFwd", out)(q, k, v, scale=_scale(q))
+
+
+@jax.custom_vjp
+def fused_core(q, k, v):
+    """``xla_core`` computed by the C++ kernels (float32, CPU)."""
+    return _fwd_call(q, k, v)[0]
+
+
+def _fused_fwd(q, k, v):
+    o, lse = _fwd_call(q, k, v)
+    return o, (q, k, v, o, lse)
+
+
+def _fused_bwd(res, g):
+    q, k, v, o, lse = res
+    shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
+    return tuple(jax.ffi.ffi_call("AttentionBwd", shapes)(q, k, v, o, lse, g, scale=_scale(q)))
+
+
+fused_core.defvjp(_fused_fwd, _fused_bwd)
+
+
+def attention_core(q, k, v):
+    """softmax(q kᵀ/√d) v per head: fused in C++ where configured and possible, else XLA."""
+    same = q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:] and k.shape == v.shape
+    if _route() and same and all(x.dtype == np.float32 for x in (q, k, v)) and q.shape[0] > 0:
+        return fused_core(q, k, v)
+    return xla_core(q, k, v)

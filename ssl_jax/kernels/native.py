@@ -1,0 +1,86 @@
+"""Building ssl_jax's C++ kernels for XLA's CPU backend, once per machine.
+
+Each kernel is one C++ file next to this module holding XLA FFI handlers.
+``build_library`` compiles it with the system's C++ compiler (``$CXX``, else
+``g++``/``c++``) against jaxlib's FFI headers into ``$SSL_JAX_CACHE_DIR``
+(default ``~/.cache/ssl_jax``)/kernels. The file name carries a hash of the
+source, the compile command, the versions and this CPU's model and flags, so a
+change of any rebuilds it, and a cache shared between machines never loads code
+built for another CPU. The finished library is renamed into place, so a
+concurrent build never sees half a file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+
+
+class Unavailable(RuntimeError):
+    """A kernel cannot be built or loaded here (the message says why)."""
+
+
+def cache_dir() -> str:
+    return os.environ.get("SSL_JAX_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "ssl_jax"
+    )
+
+
+def _cpu_id() -> bytes:
+    """This CPU's model name and feature flags (what -march=native depends on)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.startswith((b"model name", b"flags"))]
+        return b"\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor().encode()
+
+
+def build_library(name: str, source: str, args: list[str], what: str, force: bool = False) -> str:
+    """Compiles ``source`` (once; again with ``force``) with the extra compiler and
+    linker ``args``; returns the .so path. ``what`` names the kernels in messages."""
+    with open(source, "rb") as f:
+        text = f.read()
+    parts = [text, " ".join(args).encode(), jax.__version__.encode(), sys.version.encode()]
+    key = hashlib.sha256(b"\0".join([*parts, _cpu_id()])).hexdigest()[:16]
+    out = os.path.join(cache_dir(), "kernels", f"{name}-{key}.so")
+    if os.path.exists(out) and not force:
+        return out
+    print(f"building the {what} (once) into {out}", file=sys.stderr)
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise Unavailable(f"no C++ compiler found to build the {what} (set $CXX)")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
+    os.close(fd)
+    cmd = [cxx, "-std=c++17", "-shared", "-fPIC", "-w", source, "-o", tmp]
+    cmd += ["-I", jax.ffi.include_dir(), *args]
+    try:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:  # $CXX names no runnable program
+            raise Unavailable(f"cannot run the C++ compiler {cxx!r} for the {what}: {e}") from e
+        if done.returncode != 0:
+            tail = done.stderr[-2000:]
+            raise Unavailable(f"building the {what} failed ({' '.join(cmd)}):\n{tail}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
+
+def register(path: str, targets) -> ctypes.CDLL:
+    """Loads the library at ``path`` and registers its FFI ``targets`` for the CPU."""
+    lib = ctypes.CDLL(path)
+    for target in targets:
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
+    return lib
