@@ -174,10 +174,24 @@ def _grad_steps(module, params, setting="jit"):
     return {setting: go}, {"flops_per_item": cost_flops(exe) / params["batch"]}
 
 
+def _vit_grad_steps(module, params):
+    """``_grad_steps`` with XLA's attention core ("jit") and the fused one."""
+    variants, info = _grad_steps(module, params)
+    setting = FUSED_ATTENTION[0]
+    try:
+        attention_kernels.configure("fused")
+        variants.update(_grad_steps(module, params, setting)[0])
+    except native.Unavailable as e:
+        print(f"skipping the setting {setting!r}: {e}", file=sys.stderr)
+    finally:
+        attention_kernels.configure("xla")
+    return variants, info
+
+
 def vit_blocks(params, peer_info=None):
     """ssl_jax's ViT encoder blocks (vit.Encoder: pre-LN blocks, final LayerNorm)."""
     p = params
-    return _grad_steps(vit.Encoder(p["depth"], p["heads"], p["mlp"]), p)
+    return _vit_grad_steps(vit.Encoder(p["depth"], p["heads"], p["mlp"]), p)
 
 
 def attention(params, peer_info=None):

@@ -38,8 +38,8 @@ inline V16 Load(const float* p) {
 inline void Store(float* p, V16 v) { __builtin_memcpy(p, &v, sizeof v); }
 
 // The block C[i0:i0+R, j0:j0+16*W] of op(A) B, summed over k in registers.
-template <int R, int W>
-inline void Block(bool ta, int64_t i0, int64_t j0, int64_t k, float alpha, const float* a,
+template <int R, int W, bool TA>
+inline void Block(int64_t i0, int64_t j0, int64_t k, float alpha, const float* a,
                   int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
                   int64_t ldc) {
   V16 acc[R][W] = {};
@@ -47,7 +47,7 @@ inline void Block(bool ta, int64_t i0, int64_t j0, int64_t k, float alpha, const
     V16 bv[W];
     for (int w = 0; w < W; ++w) bv[w] = Load(b + p * ldb + j0 + 16 * w);
     for (int r = 0; r < R; ++r) {
-      const float s = ta ? a[p * lda + i0 + r] : a[(i0 + r) * lda + p];
+      const float s = TA ? a[p * lda + i0 + r] : a[(i0 + r) * lda + p];
       for (int w = 0; w < W; ++w) acc[r][w] += s * bv[w];
     }
   }
@@ -58,34 +58,45 @@ inline void Block(bool ta, int64_t i0, int64_t j0, int64_t k, float alpha, const
     }
 }
 
-template <int W>
-inline void Columns(bool ta, int64_t m, int64_t j0, int64_t k, float alpha, const float* a,
+template <int W, bool TA>
+inline void Columns(int64_t m, int64_t j0, int64_t k, float alpha, const float* a,
                     int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
                     int64_t ldc) {
+  constexpr int R = W == 1 ? 8 : 4;  // 8 sums in registers: enough to hide the FMA latency
   int64_t i = 0;
-  for (; i + 4 <= m; i += 4) Block<4, W>(ta, i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-  for (; i < m; ++i) Block<1, W>(ta, i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; i + R <= m; i += R) Block<R, W, TA>(i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; i + 4 <= m; i += 4) Block<4, W, TA>(i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; i < m; ++i) Block<1, W, TA>(i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
 }
 
 // C[m, n] (+)= alpha * op(A) B. op(A) is A [m, k] (lda) or, with `ta`, the
 // transpose of A [k, m] (lda); B is [k, n] (ldb); C has row stride ldc. Blocks
-// of 4 rows by 32 or 16 columns are summed in registers; the last n % 16
-// columns by a plain loop.
-inline void Gemm(bool ta, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                 int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
-                 int64_t ldc) {
+// of 4 rows by 32 columns, or 8 rows by 16, are summed in registers; the last
+// n % 16 columns by a plain loop.
+template <bool TA>
+inline void GemmT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
   int64_t j = 0;
-  for (; j + 32 <= n; j += 32) Columns<2>(ta, m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-  for (; j + 16 <= n; j += 16) Columns<1>(ta, m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; j + 32 <= n; j += 32) Columns<2, TA>(m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; j + 16 <= n; j += 16) Columns<1, TA>(m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
   if (j == n) return;
   for (int64_t i = 0; i < m; ++i) {
     float* crow = c + i * ldc;
     for (int64_t jj = j; jj < n; ++jj) {
       float sum = 0.0f;
-      for (int64_t p = 0; p < k; ++p) sum += (ta ? a[p * lda + i] : a[i * lda + p]) * b[p * ldb + jj];
+      for (int64_t p = 0; p < k; ++p) sum += (TA ? a[p * lda + i] : a[i * lda + p]) * b[p * ldb + jj];
       crow[jj] = (accumulate ? crow[jj] : 0.0f) + alpha * sum;
     }
   }
+}
+
+inline void Gemm(bool ta, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
+                 int64_t ldc) {
+  if (ta)
+    GemmT<true>(m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  else
+    GemmT<false>(m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
 }
 
 // exp(x) for 16 floats: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6
@@ -111,6 +122,38 @@ inline V16 Exp(V16 x) {
   return p * scale;
 }
 
+inline float Sum(V16 v) {
+  float s = 0.0f;
+  for (int w = 0; w < 16; ++w) s += v[w];
+  return s;
+}
+
+// max_j row[j].
+inline float Max(const float* row, int64_t n) {
+  float m = row[0];
+  int64_t j = 0;
+  if (n >= 16) {
+    V16 acc = Load(row);
+    for (j = 16; j + 16 <= n; j += 16) {
+      V16 x = Load(row + j);
+      acc = x > acc ? x : acc;
+    }
+    for (int w = 0; w < 16; ++w) m = std::max(m, acc[w]);
+  }
+  for (; j < n; ++j) m = std::max(m, row[j]);
+  return m;
+}
+
+// sum_j x[j] y[j].
+inline float Dot(const float* x, const float* y, int64_t n) {
+  V16 acc{};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) acc += Load(x + j) * Load(y + j);
+  float s = Sum(acc);
+  for (; j < n; ++j) s += x[j] * y[j];
+  return s;
+}
+
 // row[j] = exp(row[j] - shift) for j < n; returns their sum.
 inline float ExpRow(float* row, int64_t n, float shift) {
   V16 acc{};
@@ -120,31 +163,15 @@ inline float ExpRow(float* row, int64_t n, float shift) {
     Store(row + j, e);
     acc += e;
   }
-  float sum = 0.0f;
-  for (int w = 0; w < 16; ++w) sum += acc[w];
+  float sum = Sum(acc);
   for (; j < n; ++j) sum += (row[j] = std::exp(row[j] - shift));
   return sum;
 }
 
-// One head's rows [l, d] of x [.., l, h, d] (row stride h * d), contiguous.
-inline void Gather(const float* x, int64_t l, int64_t stride, int64_t d, float* out) {
-  for (int64_t i = 0; i < l; ++i) std::copy(x + i * stride, x + i * stride + d, out + i * d);
-}
-
-// The same rows transposed, [d, l].
-inline void GatherT(const float* x, int64_t l, int64_t stride, int64_t d, float* out) {
+// One head's rows of x [.., l, h, d] (row stride h * d), transposed into [d, l].
+inline void Transpose(const float* x, int64_t l, int64_t stride, int64_t d, float* out) {
   for (int64_t i = 0; i < l; ++i)
     for (int64_t c = 0; c < d; ++c) out[c * l + i] = x[i * stride + c];
-}
-
-// One head's rows written back into y [.., l, h, d].
-inline void Scatter(const float* rows, int64_t l, int64_t stride, int64_t d, float* y) {
-  for (int64_t i = 0; i < l; ++i) std::copy(rows + i * d, rows + (i + 1) * d, y + i * stride);
-}
-
-// s [lq, lk] = scale * q kt, with kt [d, lk].
-inline void Scores(const Dims& s, float scale, const float* q, const float* kt, float* out) {
-  Gemm(false, s.lq, s.lk, s.d, scale, q, s.d, kt, s.lk, false, out, s.lk);
 }
 
 ffi::Error Check(const Dims& s) {
@@ -158,38 +185,38 @@ Dims MakeDims(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k) {
   return Dims{qd[0], qd[1], kd[1], qd[2], qd[3]};
 }
 
+// The matrices of one (image, head) pair are read and written in place, rows
+// h * d apart (the strides below); only k and v are copied, transposed.
+
 ffi::Error Fwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse, float scale) {
   const Dims s = MakeDims(q, k);
   if (auto e = Check(s); e.failure()) return e;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = o->typed_data(), *lp = lse->typed_data();
-  const int64_t stride = s.h * s.d, pairs = s.b * s.h;
+  const int64_t ld = s.h * s.d, pairs = s.b * s.h;
   std::lock_guard<std::mutex> lock(mu);
 #pragma omp parallel
   {
-    std::vector<float> qb(s.lq * s.d), kt(s.d * s.lk), vb(s.lk * s.d), p(s.lq * s.lk),
-        ob(s.lq * s.d);
+    std::vector<float> kt(s.d * s.lk), p(s.lq * s.lk);
 #pragma omp for schedule(static)
     for (int64_t pair = 0; pair < pairs; ++pair) {
       const int64_t n = pair / s.h, hh = pair % s.h;
-      const int64_t qoff = n * s.lq * stride + hh * s.d, koff = n * s.lk * stride + hh * s.d;
-      Gather(qp + qoff, s.lq, stride, s.d, qb.data());
-      GatherT(kp + koff, s.lk, stride, s.d, kt.data());
-      Gather(vp + koff, s.lk, stride, s.d, vb.data());
-      Scores(s, scale, qb.data(), kt.data(), p.data());
-      float* lrow = lp + pair * s.lq;  // lse is [batch, heads, q_tokens]
+      const int64_t qoff = n * s.lq * ld + hh * s.d, koff = n * s.lk * ld + hh * s.d;
+      Transpose(kp + koff, s.lk, ld, s.d, kt.data());
+      // p = softmax(scale * q k^T) by rows; lse, [batch, heads, q_tokens], keeps
+      // each row's log-sum-exp for the backward.
+      Gemm(false, s.lq, s.lk, s.d, scale, qp + qoff, ld, kt.data(), s.lk, false, p.data(), s.lk);
+      float* lrow = lp + pair * s.lq;
       for (int64_t i = 0; i < s.lq; ++i) {
         float* row = p.data() + i * s.lk;
-        const float m = *std::max_element(row, row + s.lk);
+        const float m = Max(row, s.lk);
         const float sum = ExpRow(row, s.lk, m);
         const float inv = 1.0f / sum;
-#pragma omp simd
         for (int64_t j = 0; j < s.lk; ++j) row[j] *= inv;
         lrow[i] = m + std::log(sum);
       }
-      Gemm(false, s.lq, s.d, s.lk, 1.0f, p.data(), s.lk, vb.data(), s.d, false, ob.data(), s.d);
-      Scatter(ob.data(), s.lq, stride, s.d, op + qoff);
+      Gemm(false, s.lq, s.d, s.lk, 1.0f, p.data(), s.lk, vp + koff, ld, false, op + qoff, ld);
     }
   }
   return ffi::Error::Success();
@@ -204,47 +231,34 @@ ffi::Error Bwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const float *opp = o.typed_data(), *lp = lse.typed_data(), *gp = dout.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
-  const int64_t stride = s.h * s.d, pairs = s.b * s.h;
+  const int64_t ld = s.h * s.d, pairs = s.b * s.h;
   std::lock_guard<std::mutex> lock(mu);
 #pragma omp parallel
   {
-    std::vector<float> qb(s.lq * s.d), kb(s.lk * s.d), kt(s.d * s.lk), vt(s.d * s.lk),
-        g(s.lq * s.d), p(s.lq * s.lk), dp(s.lq * s.lk), delta(s.lq), dqb(s.lq * s.d),
-        dkb(s.lk * s.d), dvb(s.lk * s.d);
+    std::vector<float> kt(s.d * s.lk), vt(s.d * s.lk), p(s.lq * s.lk), ds(s.lq * s.lk);
 #pragma omp for schedule(static)
     for (int64_t pair = 0; pair < pairs; ++pair) {
       const int64_t n = pair / s.h, hh = pair % s.h;
-      const int64_t qoff = n * s.lq * stride + hh * s.d, koff = n * s.lk * stride + hh * s.d;
-      Gather(qp + qoff, s.lq, stride, s.d, qb.data());
-      Gather(kp + koff, s.lk, stride, s.d, kb.data());
-      GatherT(kp + koff, s.lk, stride, s.d, kt.data());
-      GatherT(vp + koff, s.lk, stride, s.d, vt.data());
-      Gather(gp + qoff, s.lq, stride, s.d, g.data());
+      const int64_t qoff = n * s.lq * ld + hh * s.d, koff = n * s.lk * ld + hh * s.d;
+      const float *qh = qp + qoff, *gh = gp + qoff, *kh = kp + koff;
+      Transpose(kh, s.lk, ld, s.d, kt.data());
+      Transpose(vp + koff, s.lk, ld, s.d, vt.data());
+      // The weights p again, from the forward's log-sum-exp.
+      Gemm(false, s.lq, s.lk, s.d, scale, qh, ld, kt.data(), s.lk, false, p.data(), s.lk);
       const float* lrow = lp + pair * s.lq;
-      // The weights p from the forward's log-sum-exp, and delta_i = <dout_i, o_i>.
-      Scores(s, scale, qb.data(), kt.data(), p.data());
+      for (int64_t i = 0; i < s.lq; ++i) ExpRow(p.data() + i * s.lk, s.lk, lrow[i]);
+      // dv = p^T dout; dp = dout v^T; ds = p * (dp - <dout_i, o_i>).
+      Gemm(true, s.lk, s.d, s.lq, 1.0f, p.data(), s.lk, gh, ld, false, dvp + koff, ld);
+      Gemm(false, s.lq, s.lk, s.d, 1.0f, gh, ld, vt.data(), s.lk, false, ds.data(), s.lk);
       for (int64_t i = 0; i < s.lq; ++i) {
-        float* row = p.data() + i * s.lk;
-        ExpRow(row, s.lk, lrow[i]);
-        const float* orow = opp + qoff + i * stride;
-        float acc = 0.0f;
-        for (int64_t c = 0; c < s.d; ++c) acc += g[i * s.d + c] * orow[c];
-        delta[i] = acc;
-      }
-      // dv = p^T dout; dp = dout v^T; ds = p * (dp - delta), kept in dp.
-      Gemm(true, s.lk, s.d, s.lq, 1.0f, p.data(), s.lk, g.data(), s.d, false, dvb.data(), s.d);
-      Gemm(false, s.lq, s.lk, s.d, 1.0f, g.data(), s.d, vt.data(), s.lk, false, dp.data(), s.lk);
-      for (int64_t i = 0; i < s.lq; ++i) {
-        float* drow = dp.data() + i * s.lk;
+        const float delta = Dot(gh + i * ld, opp + qoff + i * ld, s.d);
+        float* drow = ds.data() + i * s.lk;
         const float* prow = p.data() + i * s.lk;
-        for (int64_t j = 0; j < s.lk; ++j) drow[j] = prow[j] * (drow[j] - delta[i]);
+        for (int64_t j = 0; j < s.lk; ++j) drow[j] = prow[j] * (drow[j] - delta);
       }
       // dq = scale * ds k; dk = scale * ds^T q.
-      Gemm(false, s.lq, s.d, s.lk, scale, dp.data(), s.lk, kb.data(), s.d, false, dqb.data(), s.d);
-      Gemm(true, s.lk, s.d, s.lq, scale, dp.data(), s.lk, qb.data(), s.d, false, dkb.data(), s.d);
-      Scatter(dqb.data(), s.lq, stride, s.d, dqp + qoff);
-      Scatter(dkb.data(), s.lk, stride, s.d, dkp + koff);
-      Scatter(dvb.data(), s.lk, stride, s.d, dvp + koff);
+      Gemm(false, s.lq, s.d, s.lk, scale, ds.data(), s.lk, kh, ld, false, dqp + qoff, ld);
+      Gemm(true, s.lk, s.d, s.lq, scale, ds.data(), s.lk, qh, ld, false, dkp + koff, ld);
     }
   }
   return ffi::Error::Success();
