@@ -22,7 +22,6 @@ made when a function is traced: call ``configure`` before tracing the models
 from __future__ import annotations
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -54,20 +53,7 @@ def configure(mode: str) -> str:
     (raises ``native.Unavailable`` if it cannot be built or loaded), "xla", or
     "auto": fused where JAX's backend is the CPU and it loads, else XLA (saying
     why on stderr)."""
-    if mode not in MODES:
-        raise ValueError(f"cpu_attention must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "auto":
-        mode = "xla"
-        if jax.default_backend() == "cpu":
-            try:
-                load()
-                mode = "fused"
-            except native.Unavailable as e:
-                print(f"cpu_attention=auto: XLA's attention, as {e}", file=sys.stderr)
-    elif mode == "fused":
-        load()
-    _state["mode"] = mode
-    return mode
+    return native.configure("cpu_attention", MODES, mode, _state, load, "XLA's attention")
 
 
 def mode() -> str:
@@ -80,7 +66,7 @@ def runs_on() -> str:
 
 
 def _route() -> bool:
-    return _state["mode"] == "fused" and jax.default_backend() == "cpu" and jax.device_count() == 1
+    return _state["mode"] == "fused" and native.single_cpu_device()
 
 
 def xla_core(q, k, v):

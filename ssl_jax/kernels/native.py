@@ -84,3 +84,33 @@ def register(path: str, targets) -> ctypes.CDLL:
     for target in targets:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
     return lib
+
+
+def single_cpu_device() -> bool:
+    """Whether JAX runs on one CPU device, where the kernels apply: they have no
+    partitioning rule, so XLA would gather a batch sharded over several devices
+    around them."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def configure(key: str, modes, mode: str, state: dict, load, fallback: str) -> str:
+    """Selects who runs one kind of op on the CPU (config key ``key``) and returns
+    it: ``modes`` are ("auto", "xla", OWN). OWN builds and loads the kernels with
+    ``load()`` (raising ``Unavailable`` if it cannot); "auto" selects OWN where
+    JAX's backend is the CPU and it loads, else "xla", saying why on stderr
+    (``fallback`` names what runs instead). The choice is kept in ``state["mode"]``."""
+    if mode not in modes:
+        raise ValueError(f"{key} must be one of {', '.join(modes)}, got {mode!r}")
+    own = modes[-1]
+    if mode == "auto":
+        mode = "xla"
+        if jax.default_backend() == "cpu":
+            try:
+                load()
+                mode = own
+            except Unavailable as e:
+                print(f"{key}=auto: {fallback}, as {e}", file=sys.stderr)
+    elif mode == own:
+        load()
+    state["mode"] = mode
+    return mode

@@ -84,20 +84,7 @@ def configure(mode: str) -> str:
     "onednn" (raises ``Unavailable`` if it cannot be built or loaded), "xla",
     or "auto": oneDNN where JAX's backend is the CPU and it loads, else XLA
     (saying why on stderr)."""
-    if mode not in MODES:
-        raise ValueError(f"cpu_conv must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "auto":
-        mode = "xla"
-        if jax.default_backend() == "cpu":
-            try:
-                load()
-                mode = "onednn"
-            except Unavailable as e:
-                print(f"cpu_conv=auto: XLA's convolutions, as {e}", file=sys.stderr)
-    elif mode == "onednn":
-        load()
-    _state["mode"] = mode
-    return mode
+    return native.configure("cpu_conv", MODES, mode, _state, load, "XLA's convolutions")
 
 
 def mode() -> str:
@@ -110,11 +97,7 @@ def runs_on() -> str:
 
 
 def _route() -> bool:
-    return (
-        _state["mode"] == "onednn"
-        and jax.default_backend() == "cpu"
-        and jax.device_count() == 1  # no partitioning rule: a sharded batch stays XLA's
-    )
+    return _state["mode"] == "onednn" and native.single_cpu_device()
 
 
 def _attrs(strides, pads) -> dict:
