@@ -157,3 +157,10 @@ def test_mae_runs_its_attention_fused_with_the_same_gradients():
     assert r["calls0"] == [0, 0] and r["calls1"] == [14, 14]
     assert abs(r["loss1"] - r["loss0"]) <= 1e-5 * abs(r["loss0"])
     assert r["err"] < 1e-4
+
+
+def test_a_library_that_does_not_load_is_unavailable_not_a_crash(tmp_path):
+    bad = tmp_path / "attention-0000.so"
+    bad.write_bytes(b"not a shared library")
+    with pytest.raises(native.Unavailable, match="cannot load"):
+        native.register(str(bad), attention.TARGETS)

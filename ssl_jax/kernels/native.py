@@ -36,12 +36,13 @@ def cache_dir() -> str:
 
 def _cpu_id() -> bytes:
     """This CPU's model name and feature flags (what -march=native depends on)."""
+    keys = (b"model name", b"flags", b"Features", b"CPU implementer", b"CPU part")  # x86, Arm
     try:
         with open("/proc/cpuinfo", "rb") as f:
-            lines = [ln for ln in f.read().splitlines() if ln.startswith((b"model name", b"flags"))]
-        return b"\n".join(sorted(set(lines)))
+            lines = [ln for ln in f.read().splitlines() if ln.startswith(keys)]
     except OSError:
-        return platform.processor().encode()
+        lines = [platform.processor().encode()]
+    return b"\n".join([platform.machine().encode(), *sorted(set(lines))])
 
 
 def build_library(name: str, source: str, args: list[str], what: str, force: bool = False) -> str:
@@ -80,7 +81,10 @@ def build_library(name: str, source: str, args: list[str], what: str, force: boo
 
 def register(path: str, targets) -> ctypes.CDLL:
     """Loads the library at ``path`` and registers its FFI ``targets`` for the CPU."""
-    lib = ctypes.CDLL(path)
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:  # e.g. a library this machine cannot load
+        raise Unavailable(f"cannot load {path}: {e}") from e
     for target in targets:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
     return lib
