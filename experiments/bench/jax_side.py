@@ -8,6 +8,7 @@ the table needs besides time: FLOPs per item for model steps (XLA's cost
 analysis of the compiled step) and the accuracy reached for the probe and kNN.
 """
 
+import functools
 import os
 import sys
 
@@ -76,6 +77,22 @@ ONEDNN_CONVS = ("jit, oneDNN convs (cpu_conv=onednn)", onednn, "onednn")
 FUSED_ATTENTION = ("jit, fused attention (cpu_attention=fused)", attention_kernels, "fused")
 
 
+def with_kernels(setting, selection, build):
+    """``build()`` with each (module, mode) of ``selection`` (ssl_jax's CPU
+    kernels) configured, and XLA's again after; None, with a note naming the
+    ``setting``, where one cannot be built."""
+    try:
+        for module, mode in selection:
+            module.configure(mode)
+        return build()
+    except native.Unavailable as e:
+        print(f"skipping the setting {setting!r}: {e}", file=sys.stderr)
+        return None
+    finally:
+        for module, _ in selection:
+            module.configure("xla")
+
+
 def _steps(config, shape, params, kernels=()):
     """The pretraining step as ssl_jax compiles it with XLA's kernels ("jit"), and
     again with each of ``kernels`` ((setting, module, mode): ssl_jax's CPU
@@ -85,13 +102,9 @@ def _steps(config, shape, params, kernels=()):
     run, flops = pretrain_step(config, shape, EIGEN_CONV)
     runs = {"jit": run}
     for setting, module, mode in kernels:
-        try:
-            module.configure(mode)
-            runs[setting] = pretrain_step(config, shape, EIGEN_CONV)[0]
-        except native.Unavailable as e:
-            print(f"skipping the setting {setting!r}: {e}", file=sys.stderr)
-        finally:
-            module.configure("xla")
+        build = functools.partial(pretrain_step, config, shape, EIGEN_CONV)
+        if (own := with_kernels(setting, [(module, mode)], build)) is not None:
+            runs[setting] = own[0]
 
     def timed(run):
         def go():
@@ -177,14 +190,10 @@ def _grad_steps(module, params, setting="jit"):
 def _vit_grad_steps(module, params):
     """``_grad_steps`` with XLA's attention core ("jit") and the fused one."""
     variants, info = _grad_steps(module, params)
-    setting = FUSED_ATTENTION[0]
-    try:
-        attention_kernels.configure("fused")
-        variants.update(_grad_steps(module, params, setting)[0])
-    except native.Unavailable as e:
-        print(f"skipping the setting {setting!r}: {e}", file=sys.stderr)
-    finally:
-        attention_kernels.configure("xla")
+    setting, kernels, mode = FUSED_ATTENTION
+    fused = with_kernels(setting, [(kernels, mode)], lambda: _grad_steps(module, params, setting))
+    if fused is not None:
+        variants.update(fused[0])
     return variants, info
 
 
@@ -215,14 +224,9 @@ def attention(params, peer_info=None):
     settings["jit, fused (cpu_attention=fused)"] = (EIGEN_CONV, "fused")
     variants, flops = {}, 0.0
     for name, (options, mode) in settings.items():
-        try:
-            attention_kernels.configure(mode)
-            exe = grad().compile(compiler_options=options)
-        except native.Unavailable as e:
-            print(f"skipping the setting {name!r}: {e}", file=sys.stderr)
+        compile_it = lambda options=options: grad().compile(compiler_options=options)  # noqa: E731
+        if (exe := with_kernels(name, [(attention_kernels, mode)], compile_it)) is None:
             continue
-        finally:
-            attention_kernels.configure("xla")
         flops = flops or cost_flops(exe)  # of the first, as XLA compiles it
 
         def go(exe=exe):

@@ -36,7 +36,7 @@ from configs import simclr  # noqa: E402
 from experiments.bench import data, jax_side  # noqa: E402
 from experiments.ssl_mnist import OBJECTIVES  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
-from ssl_jax.kernels import attention, native, onednn  # noqa: E402
+from ssl_jax.kernels import attention, onednn  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 
 MODELS = {  # name → (config variant, image shape, model overrides)
@@ -80,13 +80,10 @@ def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> l
         with config.unlocked():
             config.model.kw.width = 0.125
     jobs = {f"step/{k}": jax_side.pretrain_step(config, shape, v)[0] for k, v in CONV_PATHS.items()}
-    try:  # Eigen's compile options, and the convolutions through oneDNN (config.cpu_conv)
-        onednn.configure("onednn")
-        jobs["step/onednn"] = jax_side.pretrain_step(config, shape, jax_side.EIGEN_CONV)[0]
-    except onednn.Unavailable as e:
-        print(f"skipping step/onednn: {e}", file=sys.stderr)
-    finally:
-        onednn.configure("xla")
+    # Eigen's compile options, and the convolutions through oneDNN (config.cpu_conv)
+    build = functools.partial(jax_side.pretrain_step, config, shape, jax_side.EIGEN_CONV)
+    if (own := jax_side.with_kernels("step/onednn", [(onednn, "onednn")], build)) is not None:
+        jobs["step/onednn"] = own[0]
     key = jax.random.PRNGKey(0)
     images = jnp.asarray(data.images(batch, shape[0], shape[2]))
     # The config's pipeline (pp.chunk_size=-1, auto) and its two explicit settings.
@@ -109,23 +106,9 @@ def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> l
     return rows
 
 
-def _with_cpu_kernels(build):
-    """``build()`` with ssl_jax's CPU kernels selected (the oneDNN convolutions and
-    the fused attention core, where they build), as ``config.cpu_conv`` and
-    ``config.cpu_attention`` = "auto" select them on one CPU device; None if
-    neither builds."""
-    selected = []
-    for module, mode in ((onednn, "onednn"), (attention, "fused")):
-        try:
-            module.configure(mode)
-            selected.append(module)
-        except native.Unavailable as e:
-            print(f"without {module.__name__}: {e}", file=sys.stderr)
-    try:
-        return build() if selected else None
-    finally:
-        for module in selected:
-            module.configure("xla")
+# ssl_jax's CPU kernels as config.cpu_conv and config.cpu_attention = "auto" select
+# them on one CPU device: the oneDNN convolutions and the fused attention core.
+CPU_KERNELS = ((onednn, "onednn"), (attention, "fused"))
 
 
 def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> list[dict]:
@@ -149,7 +132,7 @@ def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> 
                 config.model.kw.depth = 1
         build = functools.partial(jax_side.pretrain_step, config, (28, 28, 1), jax_side.EIGEN_CONV)
         jobs[(spec, "step/eigen")] = build()[0]
-        if (own := _with_cpu_kernels(build)) is not None:
+        if (own := jax_side.with_kernels("step/cpu kernels", CPU_KERNELS, build)) is not None:
             jobs[(spec, "step/cpu kernels")] = own[0]
     rows = [summary(*k, ts, batch) for k, ts in alternate(jobs, steps, repeats).items()]
     for r in rows:

@@ -40,7 +40,7 @@ inline void Store(float* p, V16 v) { __builtin_memcpy(p, &v, sizeof v); }
 // The block C[i0:i0+R, j0:j0+16*W] of op(A) B, summed over k in registers.
 template <int R, int W, bool TA>
 inline void Block(int64_t i0, int64_t j0, int64_t k, float alpha, const float* a,
-                  int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
+                  int64_t lda, const float* b, int64_t ldb, float* c,
                   int64_t ldc) {
   V16 acc[R][W] = {};
   for (int64_t p = 0; p < k; ++p) {
@@ -54,49 +54,48 @@ inline void Block(int64_t i0, int64_t j0, int64_t k, float alpha, const float* a
   for (int r = 0; r < R; ++r)
     for (int w = 0; w < W; ++w) {
       float* out = c + (i0 + r) * ldc + j0 + 16 * w;
-      Store(out, (accumulate ? Load(out) : V16{}) + alpha * acc[r][w]);
+      Store(out, alpha * acc[r][w]);
     }
 }
 
 template <int W, bool TA>
 inline void Columns(int64_t m, int64_t j0, int64_t k, float alpha, const float* a,
-                    int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
+                    int64_t lda, const float* b, int64_t ldb, float* c,
                     int64_t ldc) {
   constexpr int R = W == 1 ? 8 : 4;  // 8 sums in registers: enough to hide the FMA latency
   int64_t i = 0;
-  for (; i + R <= m; i += R) Block<R, W, TA>(i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-  for (; i + 4 <= m; i += 4) Block<4, W, TA>(i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-  for (; i < m; ++i) Block<1, W, TA>(i, j0, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; i + R <= m; i += R) Block<R, W, TA>(i, j0, k, alpha, a, lda, b, ldb, c, ldc);
+  for (; i + 4 <= m; i += 4) Block<4, W, TA>(i, j0, k, alpha, a, lda, b, ldb, c, ldc);
+  for (; i < m; ++i) Block<1, W, TA>(i, j0, k, alpha, a, lda, b, ldb, c, ldc);
 }
 
-// C[m, n] (+)= alpha * op(A) B. op(A) is A [m, k] (lda) or, with `ta`, the
+// C[m, n] = alpha * op(A) B. op(A) is A [m, k] (lda) or, with `ta`, the
 // transpose of A [k, m] (lda); B is [k, n] (ldb); C has row stride ldc. Blocks
 // of 4 rows by 32 columns, or 8 rows by 16, are summed in registers; the last
 // n % 16 columns by a plain loop.
 template <bool TA>
 inline void GemmT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                  const float* b, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+                  const float* b, int64_t ldb, float* c, int64_t ldc) {
   int64_t j = 0;
-  for (; j + 32 <= n; j += 32) Columns<2, TA>(m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
-  for (; j + 16 <= n; j += 16) Columns<1, TA>(m, j, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+  for (; j + 32 <= n; j += 32) Columns<2, TA>(m, j, k, alpha, a, lda, b, ldb, c, ldc);
+  for (; j + 16 <= n; j += 16) Columns<1, TA>(m, j, k, alpha, a, lda, b, ldb, c, ldc);
   if (j == n) return;
   for (int64_t i = 0; i < m; ++i) {
     float* crow = c + i * ldc;
     for (int64_t jj = j; jj < n; ++jj) {
       float sum = 0.0f;
       for (int64_t p = 0; p < k; ++p) sum += (TA ? a[p * lda + i] : a[i * lda + p]) * b[p * ldb + jj];
-      crow[jj] = (accumulate ? crow[jj] : 0.0f) + alpha * sum;
+      crow[jj] = alpha * sum;
     }
   }
 }
 
 inline void Gemm(bool ta, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                 int64_t lda, const float* b, int64_t ldb, bool accumulate, float* c,
-                 int64_t ldc) {
+                 int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc) {
   if (ta)
-    GemmT<true>(m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+    GemmT<true>(m, n, k, alpha, a, lda, b, ldb, c, ldc);
   else
-    GemmT<false>(m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+    GemmT<false>(m, n, k, alpha, a, lda, b, ldb, c, ldc);
 }
 
 // exp(x) for 16 floats: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6
@@ -206,7 +205,7 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi
       Transpose(kp + koff, s.lk, ld, s.d, kt.data());
       // p = softmax(scale * q k^T) by rows; lse, [batch, heads, q_tokens], keeps
       // each row's log-sum-exp for the backward.
-      Gemm(false, s.lq, s.lk, s.d, scale, qp + qoff, ld, kt.data(), s.lk, false, p.data(), s.lk);
+      Gemm(false, s.lq, s.lk, s.d, scale, qp + qoff, ld, kt.data(), s.lk, p.data(), s.lk);
       float* lrow = lp + pair * s.lq;
       for (int64_t i = 0; i < s.lq; ++i) {
         float* row = p.data() + i * s.lk;
@@ -216,7 +215,7 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi
         for (int64_t j = 0; j < s.lk; ++j) row[j] *= inv;
         lrow[i] = m + std::log(sum);
       }
-      Gemm(false, s.lq, s.d, s.lk, 1.0f, p.data(), s.lk, vp + koff, ld, false, op + qoff, ld);
+      Gemm(false, s.lq, s.d, s.lk, 1.0f, p.data(), s.lk, vp + koff, ld, op + qoff, ld);
     }
   }
   return ffi::Error::Success();
@@ -244,12 +243,12 @@ ffi::Error Bwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi
       Transpose(kh, s.lk, ld, s.d, kt.data());
       Transpose(vp + koff, s.lk, ld, s.d, vt.data());
       // The weights p again, from the forward's log-sum-exp.
-      Gemm(false, s.lq, s.lk, s.d, scale, qh, ld, kt.data(), s.lk, false, p.data(), s.lk);
+      Gemm(false, s.lq, s.lk, s.d, scale, qh, ld, kt.data(), s.lk, p.data(), s.lk);
       const float* lrow = lp + pair * s.lq;
       for (int64_t i = 0; i < s.lq; ++i) ExpRow(p.data() + i * s.lk, s.lk, lrow[i]);
       // dv = p^T dout; dp = dout v^T; ds = p * (dp - <dout_i, o_i>).
-      Gemm(true, s.lk, s.d, s.lq, 1.0f, p.data(), s.lk, gh, ld, false, dvp + koff, ld);
-      Gemm(false, s.lq, s.lk, s.d, 1.0f, gh, ld, vt.data(), s.lk, false, ds.data(), s.lk);
+      Gemm(true, s.lk, s.d, s.lq, 1.0f, p.data(), s.lk, gh, ld, dvp + koff, ld);
+      Gemm(false, s.lq, s.lk, s.d, 1.0f, gh, ld, vt.data(), s.lk, ds.data(), s.lk);
       for (int64_t i = 0; i < s.lq; ++i) {
         const float delta = Dot(gh + i * ld, opp + qoff + i * ld, s.d);
         float* drow = ds.data() + i * s.lk;
@@ -257,8 +256,8 @@ ffi::Error Bwd(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi
         for (int64_t j = 0; j < s.lk; ++j) drow[j] = prow[j] * (drow[j] - delta);
       }
       // dq = scale * ds k; dk = scale * ds^T q.
-      Gemm(false, s.lq, s.d, s.lk, scale, ds.data(), s.lk, kh, ld, false, dqp + qoff, ld);
-      Gemm(true, s.lk, s.d, s.lq, scale, ds.data(), s.lk, qh, ld, false, dkp + koff, ld);
+      Gemm(false, s.lq, s.d, s.lk, scale, ds.data(), s.lk, kh, ld, dqp + qoff, ld);
+      Gemm(true, s.lk, s.d, s.lq, scale, ds.data(), s.lk, qh, ld, dkp + koff, ld);
     }
   }
   return ffi::Error::Success();
