@@ -3,6 +3,7 @@
 
   .venv/bin/python experiments/bench/conv_layers.py                 # batch 512, 5 repeats
   .venv/bin/python experiments/bench/conv_layers.py --toy           # checks it runs
+  .venv/bin/python experiments/bench/conv_layers.py --stages 4x64 4x512 --variants xla onednn
 
 For each stage's shape (batch 512 = two views of 256, CIFAR stem) it times the
 forward convolution, the gradient with respect to the input (dX) and to the
@@ -159,6 +160,15 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--toy", action="store_true", help="batch 2, 1 repeat, channels / 16")
+    ap.add_argument(
+        "--stages",
+        nargs="+",
+        metavar="SIZExCHANNELS",
+        help="layers to time instead of ResNet-18's, e.g. 4x64 4x512 (maps of 4x4)",
+    )
+    ap.add_argument(
+        "--variants", nargs="+", metavar="NAME", help="only these variants (xla, onednn, ...)"
+    )
     args = ap.parse_args(argv)
     batch, repeats, shrink = (2, 1, 16) if args.toy else (args.batch, args.repeats, 1)
     variants = {k: dict(v) for k, v in VARIANTS.items()}
@@ -168,10 +178,19 @@ def main(argv=None):
             variants[pass_]["onednn"] = fn
     except onednn.Unavailable as e:
         print(f"leaving out onednn: {e}", file=sys.stderr)
+    if args.variants:  # the layout rows compare other variants: dropped with a choice
+        variants = {
+            p: {n: f for n, f in fns.items() if n in args.variants}
+            for p, fns in variants.items()
+            if p != "layout"
+        }
+    stages = STAGES
+    if args.stages:
+        stages = [tuple(int(v) for v in s.lower().split("x")) for s in args.stages]
     rows = []
     print("| layer | pass | variant | ms | GFLOP/s | speed vs first | max rel. error |")
     print("|---|---|---|---|---|---|---|")
-    for size, ch in STAGES:
+    for size, ch in stages:
         ch //= shrink
         k = jax.random.split(jax.random.PRNGKey(0), 3)
         x = jax.random.normal(k[0], (batch, size, size, ch))

@@ -9,7 +9,10 @@ Part 1, ResNet-18 (CIFAR stem) on 32×32×3, loss = sum of features², each
 variant compiled as ssl_jax compiles the step (Eigen convolutions) and timed in
 turn (A B C D ...), medians of ``--repeats``:
 
-  xla convs / onednn convs        the model as it is, each convolution path;
+  xla convs / onednn convs        the model as it is, each convolution path
+                                  (onednn: XLA's for maps of at most
+                                  onednn.XLA_MAX_PIXELS pixels, the 4×4 stage);
+  onednn convs at every map size  the 4×4 stage through oneDNN too;
   flax BatchNorm                  with flax.linen.BatchNorm instead of ssl_jax's
                                   (models/batchnorm.py: sums as matrix products);
   no BatchNorm (, no ReLU)        BatchNorm (and ReLU) replaced by the identity.
@@ -61,14 +64,17 @@ def _compile(f, *args):
     return lambda: jax.block_until_ready(exe(*args))
 
 
-def _resnet(x, width, conv, batchnorm=BatchNorm, relu=True):
-    """The compiled forward+backward of ResNet-18 with the parts asked for."""
+def _resnet(x, width, conv, batchnorm=BatchNorm, relu=True, xla_max_pixels=None):
+    """The compiled forward+backward of ResNet-18 with the parts asked for;
+    ``xla_max_pixels``: onednn.XLA_MAX_PIXELS while tracing (None: as it is)."""
     ns = types.SimpleNamespace(**{k: getattr(nn, k) for k in dir(nn) if not k.startswith("__")})
     if not relu:
         ns.relu = lambda v: v
     onednn.configure(conv)
     resnet.nn = ns  # the module reads flax.linen through this name
     resnet.BatchNorm = batchnorm
+    limit = onednn.XLA_MAX_PIXELS
+    onednn.XLA_MAX_PIXELS = limit if xla_max_pixels is None else xla_max_pixels
     try:
         net = get_model("resnet:18", cifar_stem=True, width=width)
         v = net.init(jax.random.PRNGKey(0), x[:2], train=True)
@@ -81,6 +87,7 @@ def _resnet(x, width, conv, batchnorm=BatchNorm, relu=True):
     finally:
         resnet.nn = nn
         resnet.BatchNorm = BatchNorm
+        onednn.XLA_MAX_PIXELS = limit
         onednn.configure("xla")
 
 
@@ -121,6 +128,8 @@ def main(argv=None):
         print(f"leaving out the onednn rows: {e}", file=sys.stderr)
     last = convs[-1]
     part1 = {f"{c} convs": _resnet(x, width, c) for c in convs}
+    if last == "onednn":  # by default maps of <= XLA_MAX_PIXELS pixels stay with XLA
+        part1["onednn convs at every map size"] = _resnet(x, width, last, xla_max_pixels=0)
     part1[f"{last} convs, flax BatchNorm"] = _resnet(x, width, last, nn.BatchNorm)
     part1[f"{last} convs, no BatchNorm"] = _resnet(x, width, last, _Identity)
     part1[f"{last} convs, no BatchNorm, no ReLU"] = _resnet(x, width, last, _Identity, False)

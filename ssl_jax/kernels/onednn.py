@@ -3,8 +3,11 @@
 XLA's CPU backend runs convolutions through Eigen. oneDNN, the library PyTorch
 uses on the CPU, ran the 3×3 layers of ResNet-18's first three stages
 1.1–1.2× faster forward and 1.4–2.5× faster for the kernel gradient on a
-2-core machine (0.75–0.84× on the last stage's 4×4×512), and whole SimCLR
-steps 1.3–1.45× faster (experiments/bench/RESULTS.md).
+2-core machine, and whole SimCLR steps 1.3–1.45× faster
+(experiments/bench/RESULTS.md). On the last stage's 4×4×512 maps it was
+slower (0.75–0.88× XLA's), so convolutions with output maps of at most
+``XLA_MAX_PIXELS`` pixels and at least ``XLA_MIN_FEATURES`` channels stay
+with XLA.
 
 How it works:
   * ``onednn_conv.cc`` (next to this file) defines three XLA FFI handlers: the
@@ -20,10 +23,11 @@ How it works:
     backend is the CPU, and falls back to XLA, with a note, where it cannot.
   * ``conv_general_dilated`` has ``lax.conv_general_dilated``'s signature (what
     ``flax.linen.Conv`` accepts). Once configured for oneDNN, it sends every 2-D
-    float32 NHWC/HWIO convolution without dilation or groups to oneDNN, with
-    its own ``custom_vjp``, when JAX's backend is the CPU with a single device
-    (the usual CPU process). Everything else stays with XLA, and so does every
-    convolution until ``configure`` selects oneDNN. Several devices stay with
+    float32 NHWC/HWIO convolution without dilation or groups, except those
+    small wide maps, to oneDNN, with its own ``custom_vjp``, when JAX's
+    backend is the CPU with a single device (the usual CPU process).
+    Everything else stays with XLA, and so does every convolution until
+    ``configure`` selects oneDNN. Several devices stay with
     XLA because the custom calls have no partitioning rule: XLA would gather a
     batch sharded over a mesh onto every device.
 
@@ -49,6 +53,14 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.c
 INSTALL_HINT = "pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0"
 
 _state = {"mode": "xla", "lib": None}
+
+# Output maps of at most XLA_MAX_PIXELS pixels with at least XLA_MIN_FEATURES
+# channels stay with XLA (ResNet-18's 4×4×512 stage on 32×32 inputs): there
+# oneDNN's three passes ran at 0.76–0.88× XLA's Eigen ones, where at 4×4×64
+# and 4×4×128 they ran 1.4–3.0× faster (experiments/bench/conv_layers.py,
+# RESULTS.md). XLA_MAX_PIXELS = 0 sends every convolution to oneDNN.
+XLA_MAX_PIXELS = 16
+XLA_MIN_FEATURES = 512
 
 
 Unavailable = native.Unavailable
@@ -154,7 +166,13 @@ def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, 
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return None if any(p < 0 for pair in pads for p in pair) else pads
+    if any(p < 0 for pair in pads for p in pair):
+        return None
+    oh, ow = (
+        (lhs.shape[1 + i] + sum(pads[i]) - rhs.shape[i]) // window_strides[i] + 1 for i in range(2)
+    )
+    small_and_wide = oh * ow <= XLA_MAX_PIXELS and rhs.shape[3] >= XLA_MIN_FEATURES
+    return None if small_and_wide else pads
 
 
 def conv_general_dilated(
