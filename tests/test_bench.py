@@ -61,6 +61,10 @@ def test_conv_layer_bench_runs_at_toy_size_and_its_variants_agree(capsys):
             assert r["error"] < 1e-5, r
     out = capsys.readouterr().out
     assert "| 2×32×32×4 | dW | im2col |" in out and "| 2×4×4×32 | dW | winograd |" in out
+    rows = conv_layers.main(["--toy", "--stages", "8x64", "--variants", "xla", "shift"])
+    assert [(r["layer"], r["pass"], r["variant"]) for r in rows] == [
+        ("2×8×8×4", p, v) for p in ("fwd", "dX", "dW") for v in ("xla", "shift")
+    ]
 
 
 @pytest.mark.slow
@@ -72,6 +76,7 @@ def test_resnet_parts_bench_runs_at_toy_size(capsys):
     assert "per-channel sum, ones @ x" in names and "ssl_jax BatchNorm forward+backward" in names
     assert any(n.endswith("convs, flax BatchNorm") for n in names)
     assert any(n.endswith("convs, no BatchNorm") for n in names)
+    assert ("onednn convs at every map size" in names) == (shutil.which("g++") is not None)
     assert all(r["ms"] > 0 for r in rows)
     assert "| per-channel sum, XLA reduce |" in capsys.readouterr().out
 
