@@ -47,6 +47,11 @@ def base_config() -> mlc.ConfigDict:
     # head, built on first use), "xla", or "auto": fused where it builds and
     # loads, else XLA. Only on a single CPU device; no effect on GPU/TPU.
     c.cpu_attention = "auto"
+    # Who runs the bias add and GELU after the ViT MLP's first dense layer on the
+    # CPU backend: "fused" (ssl_jax/kernels/gelu.py: one C++ pass forward, one
+    # backward, built on first use), "xla", or "auto": fused where it builds and
+    # loads, else XLA. Only on a single CPU device; no effect on GPU/TPU.
+    c.cpu_gelu = "auto"
     c.init_from = ""  # checkpoint dir for transfer: parameters only
 
     c.distributed = mlc.ConfigDict(dict(coordinator="", num_processes=1, process_id=0))

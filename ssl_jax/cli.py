@@ -53,10 +53,10 @@ def check_config(config):
     for stage in config.stages:
         if (check := getattr(get_stage(stage), "check", None)) is not None:
             check(config)
-    from ssl_jax.kernels import attention, onednn
+    from ssl_jax.kernels import attention, gelu, onednn
 
-    for key, modes in (("cpu_conv", onednn.MODES), ("cpu_attention", attention.MODES)):
-        if config.get(key) not in modes:
+    for key, module in (("cpu_conv", onednn), ("cpu_attention", attention), ("cpu_gelu", gelu)):
+        if config.get(key) not in (modes := module.MODES):
             raise ValueError(f"{key} must be one of {', '.join(modes)}, got {config.get(key)!r}")
     views = config.eval.tta_views
     if isinstance(views, bool) or not isinstance(views, int) or views < 0:
@@ -80,10 +80,11 @@ def run_pipeline(config, workdir: str) -> dict:
     )
     import jax
 
-    from ssl_jax.kernels import attention, onednn
+    from ssl_jax.kernels import attention, gelu, onednn
 
     onednn.configure(config.cpu_conv)  # after jax.distributed: it asks for the backend
     attention.configure(config.cpu_attention)
+    gelu.configure(config.cpu_gelu)
 
     from ssl_jax.data.labels import atomic_write_text
     from ssl_jax.stages import get_stage
@@ -98,7 +99,8 @@ def run_pipeline(config, workdir: str) -> dict:
         f"workdir {workdir}: stages {', '.join(config.stages)} on {mesh.devices.size} "
         f"{jax.default_backend()} device(s)"
         + (
-            f", convolutions by {onednn.runs_on()}, attention by {attention.runs_on()}"
+            f", convolutions by {onednn.runs_on()}, attention by {attention.runs_on()}, "
+            f"GELU by {gelu.runs_on()}"
             if jax.default_backend() == "cpu"
             else ""
         )

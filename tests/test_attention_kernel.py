@@ -1,4 +1,5 @@
-"""The fused CPU attention core (ssl_jax/kernels/attention.py, config.cpu_attention)."""
+"""The fused CPU attention core (ssl_jax/kernels/attention.py, config.cpu_attention),
+and, in a whole MAE, the fused GELU beside it (tests/test_gelu_kernel.py)."""
 
 import json
 import os
@@ -116,7 +117,7 @@ def test_cli_refuses_an_unknown_cpu_attention_before_any_work(tmp_path):
 # One device (no forced host devices), as a CPU training process runs.
 _MAE = """
 import json, jax, jax.numpy as jnp
-from ssl_jax.kernels import attention
+from ssl_jax.kernels import attention, gelu
 from ssl_jax.models import get_model
 from ssl_jax.models.mae import MAE
 x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
@@ -129,9 +130,11 @@ def grads():
         return jnp.sum(pred ** 2 * mask[..., None])
     f = jax.jit(jax.value_and_grad(loss))
     hlo = f.lower(v["params"]).as_text()
-    return (hlo.count("@AttentionFwd"), hlo.count("@AttentionBwd")), f(v["params"])
+    names = ("AttentionFwd", "AttentionBwd", "BiasGeluFwd", "BiasGeluBwd")
+    return [hlo.count("@" + n) for n in names], f(v["params"])
 calls0, (l0, g0) = grads()
 attention.configure("fused")
+gelu.configure("fused")
 calls1, (l1, g1) = grads()
 # Per leaf, relative to its largest entry; the key biases' gradients are 0 up to
 # rounding (softmax ignores a shift along the keys), so at least 1e-3 of the largest.
@@ -139,22 +142,24 @@ top = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0))
 err = max(float(jnp.abs(a - b).max()) / max(float(jnp.abs(a).max()), 1e-3 * top)
           for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
 print(json.dumps(dict(devices=jax.device_count(), calls0=calls0, calls1=calls1,
-                      on=attention.runs_on(), loss0=float(l0), loss1=float(l1), err=err)))
+                      on=[attention.runs_on(), gelu.runs_on()], loss0=float(l0),
+                      loss1=float(l1), err=err)))
 """
 
 
 @needs_compiler
 @pytest.mark.slow
-def test_mae_runs_its_attention_fused_with_the_same_gradients():
+def test_mae_runs_its_attention_and_gelu_fused_with_the_same_gradients():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, "-c", _MAE], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert r["devices"] == 1 and r["on"] == "fused"
-    # ViT-Ti: 12 encoder blocks, and the decoder's 2: one forward and one backward each.
-    assert r["calls0"] == [0, 0] and r["calls1"] == [14, 14]
+    assert r["devices"] == 1 and r["on"] == ["fused", "fused"]
+    # ViT-Ti: 12 encoder blocks, and the decoder's 2: one forward and one backward
+    # each, of the attention core and of the MLP's bias add and GELU.
+    assert r["calls0"] == [0, 0, 0, 0] and r["calls1"] == [14, 14, 14, 14]
     assert abs(r["loss1"] - r["loss0"]) <= 1e-5 * abs(r["loss0"])
     assert r["err"] < 1e-4
 

@@ -27,6 +27,7 @@ from ssl_jax import acquisition, parallel  # noqa: E402
 from ssl_jax.evaluators import knn as knn_lib  # noqa: E402
 from ssl_jax.evaluators import linear_probe  # noqa: E402
 from ssl_jax.kernels import attention as attention_kernels  # noqa: E402
+from ssl_jax.kernels import gelu as gelu_kernels  # noqa: E402
 from ssl_jax.kernels import native, onednn  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
@@ -73,8 +74,13 @@ def pretrain_step(config, image_shape, compiler_options=None, seed=0):
     return run, cost_flops(exe)
 
 
-ONEDNN_CONVS = ("jit, oneDNN convs (cpu_conv=onednn)", onednn, "onednn")
-FUSED_ATTENTION = ("jit, fused attention (cpu_attention=fused)", attention_kernels, "fused")
+# (setting, [(kernel module, mode), ...]): ssl_jax's CPU kernels as a setting selects them.
+ONEDNN_CONVS = ("jit, oneDNN convs (cpu_conv=onednn)", [(onednn, "onednn")])
+FUSED_ATTENTION = ("jit, fused attention (cpu_attention=fused)", [(attention_kernels, "fused")])
+VIT_KERNELS = (
+    "jit, fused attention and GELU (cpu_attention, cpu_gelu = fused)",
+    [(attention_kernels, "fused"), (gelu_kernels, "fused")],
+)
 
 
 def with_kernels(setting, selection, build):
@@ -95,15 +101,15 @@ def with_kernels(setting, selection, build):
 
 def _steps(config, shape, params, kernels=()):
     """The pretraining step as ssl_jax compiles it with XLA's kernels ("jit"), and
-    again with each of ``kernels`` ((setting, module, mode): ssl_jax's CPU
-    kernels, as the config selects them) configured. FLOPs are the "jit" step's:
+    again with each of ``kernels`` ((setting, [(module, mode), ...]): ssl_jax's
+    CPU kernels, as the config selects them) configured. FLOPs are the "jit" step's:
     XLA does not count the work of custom calls."""
     steps = params["steps"]
     run, flops = pretrain_step(config, shape, EIGEN_CONV)
     runs = {"jit": run}
-    for setting, module, mode in kernels:
+    for setting, selection in kernels:
         build = functools.partial(pretrain_step, config, shape, EIGEN_CONV)
-        if (own := with_kernels(setting, [(module, mode)], build)) is not None:
+        if (own := with_kernels(setting, selection, build)) is not None:
             runs[setting] = own[0]
 
     def timed(run):
@@ -134,7 +140,7 @@ def mae_step(params, peer_info=None):
         c.pretrain.batch_size = params["batch"]
         if params.get("depth") is not None:  # 0: no encoder blocks (mae_rest)
             c.model.kw.depth = params["depth"]
-    return _steps(c, (32, 32, 3), params, kernels=[FUSED_ATTENTION])
+    return _steps(c, (32, 32, 3), params, kernels=[FUSED_ATTENTION, VIT_KERNELS])
 
 
 class DenseStack(nn.Module):
@@ -188,12 +194,13 @@ def _grad_steps(module, params, setting="jit"):
 
 
 def _vit_grad_steps(module, params):
-    """``_grad_steps`` with XLA's attention core ("jit") and the fused one."""
+    """``_grad_steps`` with XLA's kernels ("jit"), with the fused attention core,
+    and with the fused attention core and GELU."""
     variants, info = _grad_steps(module, params)
-    setting, kernels, mode = FUSED_ATTENTION
-    fused = with_kernels(setting, [(kernels, mode)], lambda: _grad_steps(module, params, setting))
-    if fused is not None:
-        variants.update(fused[0])
+    for setting, selection in (FUSED_ATTENTION, VIT_KERNELS):
+        fused = with_kernels(setting, selection, lambda s=setting: _grad_steps(module, params, s))
+        if fused is not None:
+            variants.update(fused[0])
     return variants, info
 
 

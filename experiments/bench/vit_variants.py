@@ -3,6 +3,7 @@ rewrites of their parts and against XLA CPU options, in one process.
 
   .venv/bin/python experiments/bench/vit_variants.py            # ViT-Ti: 12 blocks, 256 x 16 tokens
   .venv/bin/python experiments/bench/vit_variants.py --toy      # CI: the script runs
+  .venv/bin/python experiments/bench/vit_variants.py --cpu-attention fused   # the fused core
 
 Every variant is the forward and backward (``jax.value_and_grad`` of the mean
 square output, no optimizer) of a stack of pre-LN transformer blocks on the
@@ -33,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from experiments.bench import data  # noqa: E402
 from experiments.bench.jax_side import EIGEN_CONV, grad_executable  # noqa: E402
+from ssl_jax.kernels import attention  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
 
 XAVIER = nn.initializers.xavier_uniform()
@@ -186,6 +188,7 @@ class Block(nn.Module):
             "erf": lambda v: nn.gelu(v, approximate=False),
             "sigmoid": gelu_sigmoid,
             "hand": gelu_hand,
+            "remat": jax.checkpoint(nn.gelu),
             "none": lambda v: v,
         }[self.gelu](y)
         return x + self._dense(x.shape[-1], y)
@@ -219,6 +222,7 @@ VARIANTS = {
     "per-head q/k/v matmuls, no head transposes": ("rewrite", {"attention": "per_head"}, {}),
     "GELU as x*sigmoid(2z)": ("rewrite", {"gelu": "sigmoid"}, {}),
     "GELU with hand-written backward": ("rewrite", {"gelu": "hand"}, {}),
+    "GELU recomputed in the backward (jax.checkpoint)": ("rewrite", {"gelu": "remat"}, {}),
     "LayerNorm with hand-written backward": ("rewrite", {"norm": "hand"}, {}),
     "exact (erf) GELU, as torch's": ("other function", {"gelu": "erf"}, {}),
     "no attention": ("ablation", {"attention": "none"}, {}),
@@ -243,6 +247,14 @@ VARIANTS = {
         "option",
         None,
         {"xla_cpu_enable_concurrency_optimized_scheduler": True},
+    ),
+    "fast math": ("option", None, {"xla_cpu_enable_fast_math": True}),
+    "no fusion emitters": ("option", None, {"xla_cpu_use_fusion_emitters": False}),
+    "codegen split in 8": ("option", None, {"xla_cpu_parallel_codegen_split_count": 8}),
+    "XNNPACK graph fusion": (
+        "option",
+        None,
+        {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
     ),
 }
 
@@ -273,8 +285,16 @@ def main(argv=None):
     p.add_argument("--mlp", type=int, default=768)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument(
+        "--cpu-attention",
+        choices=("xla", "fused"),
+        default="xla",
+        help="the attention core in ssl_jax's blocks (config.cpu_attention; the CPU default "
+        "is fused where it builds); the rewrites of attention are XLA's either way",
+    )
     p.add_argument("--toy", action="store_true", help="tiny sizes: checks the script runs")
     a = p.parse_args(argv)
+    attention.configure(a.cpu_attention)
     if a.toy:
         a.batch, a.tokens, a.width, a.depth, a.heads, a.mlp, a.repeats = 2, 4, 16, 1, 2, 32, 1
     names = [BASE, *[n for n in a.variants if n != BASE]]
@@ -292,7 +312,8 @@ def main(argv=None):
     base = statistics.median(times[BASE])
     print(
         f"{a.depth} blocks, [{a.batch}, {a.tokens}, {a.width}] tokens, {a.heads} heads, "
-        f"MLP {a.mlp}; forward+backward; medians of {a.repeats}; jax {jax.__version__}\n"
+        f"MLP {a.mlp}; attention core by {attention.runs_on()}; forward+backward; "
+        f"medians of {a.repeats}; jax {jax.__version__}\n"
     )
     print("| variant | kind | ms | spread | speed vs baseline |\n|---|---|---|---|---|")
     rows = []

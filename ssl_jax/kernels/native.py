@@ -1,6 +1,7 @@
 """Building ssl_jax's C++ kernels for XLA's CPU backend, once per machine.
 
-Each kernel is one C++ file next to this module holding XLA FFI handlers.
+Each kernel is one C++ file next to this module holding XLA FFI handlers; they
+share the vector helpers of ``simd.h``.
 ``build_library`` compiles it with the system's C++ compiler (``$CXX``, else
 ``g++``/``c++``) against jaxlib's FFI headers into ``$SSL_JAX_CACHE_DIR``
 (default ``~/.cache/ssl_jax``)/kernels. The file name carries a hash of the
@@ -45,12 +46,19 @@ def _cpu_id() -> bytes:
     return b"\n".join([platform.machine().encode(), *sorted(set(lines))])
 
 
+HEADERS = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "simd.h"),)
+
+
 def build_library(name: str, source: str, args: list[str], what: str, force: bool = False) -> str:
     """Compiles ``source`` (once; again with ``force``) with the extra compiler and
-    linker ``args``; returns the .so path. ``what`` names the kernels in messages."""
-    with open(source, "rb") as f:
-        text = f.read()
-    parts = [text, " ".join(args).encode(), jax.__version__.encode(), sys.version.encode()]
+    linker ``args``; returns the .so path. ``what`` names the kernels in messages.
+    The sources may include the shared ``HEADERS`` (their folder is on the
+    include path, and they are part of the hash)."""
+    texts = []
+    for path in (source, *HEADERS):
+        with open(path, "rb") as f:
+            texts.append(f.read())
+    parts = [*texts, " ".join(args).encode(), jax.__version__.encode(), sys.version.encode()]
     key = hashlib.sha256(b"\0".join([*parts, _cpu_id()])).hexdigest()[:16]
     out = os.path.join(cache_dir(), "kernels", f"{name}-{key}.so")
     if os.path.exists(out) and not force:
@@ -63,7 +71,7 @@ def build_library(name: str, source: str, args: list[str], what: str, force: boo
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
     os.close(fd)
     cmd = [cxx, "-std=c++17", "-shared", "-fPIC", "-w", source, "-o", tmp]
-    cmd += ["-I", jax.ffi.include_dir(), *args]
+    cmd += ["-I", jax.ffi.include_dir(), "-I", os.path.dirname(HEADERS[0]), *args]
     try:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax.kernels import attention
+from ssl_jax.kernels import attention, gelu
 
 # Size name -> (width, depth, num_heads, mlp_dim), as in Dosovitskiy et al. / DeiT.
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -172,6 +172,25 @@ def attention_core(q, k, v):
     return attention.attention_core(q, k, v)
 
 
+class DenseGelu(nn.Module):
+    """``nn.gelu(nn.Dense(features)(x))`` on [N, in] rows: the same parameters
+    (kernel, bias, initialised in the same order) and function. The bias add
+    and GELU go through ``kernels.gelu.bias_gelu``: fused in C++ on a single
+    CPU device when ``config.cpu_gelu`` selects it, else XLA's."""
+
+    features: int
+    dtype: Any = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        return gelu.bias_gelu(x @ kernel, bias)
+
+
 class MlpBlock(nn.Module):
     mlp_dim: int
     dropout: float = 0.0
@@ -186,8 +205,7 @@ class MlpBlock(nn.Module):
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(1e-6),
         )
-        x = nn.Dense(self.mlp_dim, name="fc1", **dense)(x)
-        x = nn.gelu(x)
+        x = DenseGelu(self.mlp_dim, name="fc1", **dense)(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(shape[-1], name="fc2", **dense)(x).reshape(shape)
 
