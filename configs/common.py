@@ -52,6 +52,11 @@ def base_config() -> mlc.ConfigDict:
     # backward, built on first use), "xla", or "auto": fused where it builds and
     # loads, else XLA. Only on a single CPU device; no effect on GPU/TPU.
     c.cpu_gelu = "auto"
+    # Who runs the ViT's LayerNorms on the CPU backend: "fused"
+    # (ssl_jax/kernels/layernorm.py: each row whole in cache, built on first use),
+    # "xla", or "auto": fused where it builds and loads, else flax's. Only on a
+    # single CPU device; no effect on GPU/TPU.
+    c.cpu_layernorm = "auto"
     c.init_from = ""  # checkpoint dir for transfer: parameters only
 
     c.distributed = mlc.ConfigDict(dict(coordinator="", num_processes=1, process_id=0))

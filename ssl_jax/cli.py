@@ -53,9 +53,9 @@ def check_config(config):
     for stage in config.stages:
         if (check := getattr(get_stage(stage), "check", None)) is not None:
             check(config)
-    from ssl_jax.kernels import attention, gelu, onednn
+    from ssl_jax.kernels import KERNELS
 
-    for key, module in (("cpu_conv", onednn), ("cpu_attention", attention), ("cpu_gelu", gelu)):
+    for key, module in KERNELS.items():
         if config.get(key) not in (modes := module.MODES):
             raise ValueError(f"{key} must be one of {', '.join(modes)}, got {config.get(key)!r}")
     views = config.eval.tta_views
@@ -80,11 +80,10 @@ def run_pipeline(config, workdir: str) -> dict:
     )
     import jax
 
-    from ssl_jax.kernels import attention, gelu, onednn
+    from ssl_jax.kernels import KERNEL_OPS, KERNELS
 
-    onednn.configure(config.cpu_conv)  # after jax.distributed: it asks for the backend
-    attention.configure(config.cpu_attention)
-    gelu.configure(config.cpu_gelu)
+    for key, module in KERNELS.items():  # after jax.distributed: they ask for the backend
+        module.configure(config[key])
 
     from ssl_jax.data.labels import atomic_write_text
     from ssl_jax.stages import get_stage
@@ -99,8 +98,7 @@ def run_pipeline(config, workdir: str) -> dict:
         f"workdir {workdir}: stages {', '.join(config.stages)} on {mesh.devices.size} "
         f"{jax.default_backend()} device(s)"
         + (
-            f", convolutions by {onednn.runs_on()}, attention by {attention.runs_on()}, "
-            f"GELU by {gelu.runs_on()}"
+            "".join(f", {op} by {KERNELS[key].runs_on()}" for key, op in KERNEL_OPS.items())
             if jax.default_backend() == "cpu"
             else ""
         )

@@ -1,5 +1,5 @@
 """The fused CPU attention core (ssl_jax/kernels/attention.py, config.cpu_attention),
-and, in a whole MAE, the fused GELU beside it (tests/test_gelu_kernel.py)."""
+and, in a whole MAE, the fused GELU and LayerNorm beside it (tests/test_vit_kernels.py)."""
 
 import json
 import os
@@ -117,7 +117,7 @@ def test_cli_refuses_an_unknown_cpu_attention_before_any_work(tmp_path):
 # One device (no forced host devices), as a CPU training process runs.
 _MAE = """
 import json, jax, jax.numpy as jnp
-from ssl_jax.kernels import attention, gelu
+from ssl_jax.kernels import attention, gelu, layernorm
 from ssl_jax.models import get_model
 from ssl_jax.models.mae import MAE
 x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
@@ -130,11 +130,13 @@ def grads():
         return jnp.sum(pred ** 2 * mask[..., None])
     f = jax.jit(jax.value_and_grad(loss))
     hlo = f.lower(v["params"]).as_text()
-    names = ("AttentionFwd", "AttentionBwd", "BiasGeluFwd", "BiasGeluBwd")
+    names = ("AttentionFwd", "AttentionBwd", "BiasGeluFwd", "BiasGeluBwd", "LayerNormFwd",
+             "LayerNormBwd")
     return [hlo.count("@" + n) for n in names], f(v["params"])
 calls0, (l0, g0) = grads()
 attention.configure("fused")
 gelu.configure("fused")
+layernorm.configure("fused")
 calls1, (l1, g1) = grads()
 # Per leaf, relative to its largest entry; the key biases' gradients are 0 up to
 # rounding (softmax ignores a shift along the keys), so at least 1e-3 of the largest.
@@ -142,24 +144,25 @@ top = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0))
 err = max(float(jnp.abs(a - b).max()) / max(float(jnp.abs(a).max()), 1e-3 * top)
           for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
 print(json.dumps(dict(devices=jax.device_count(), calls0=calls0, calls1=calls1,
-                      on=[attention.runs_on(), gelu.runs_on()], loss0=float(l0),
+                      on=[m.runs_on() for m in (attention, gelu, layernorm)], loss0=float(l0),
                       loss1=float(l1), err=err)))
 """
 
 
 @needs_compiler
 @pytest.mark.slow
-def test_mae_runs_its_attention_and_gelu_fused_with_the_same_gradients():
+def test_mae_runs_its_attention_gelu_and_layernorm_fused_with_the_same_gradients():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, "-c", _MAE], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert r["devices"] == 1 and r["on"] == ["fused", "fused"]
+    assert r["devices"] == 1 and r["on"] == ["fused"] * 3
     # ViT-Ti: 12 encoder blocks, and the decoder's 2: one forward and one backward
-    # each, of the attention core and of the MLP's bias add and GELU.
-    assert r["calls0"] == [0, 0, 0, 0] and r["calls1"] == [14, 14, 14, 14]
+    # each, of the attention core and of the MLP's bias add and GELU; two
+    # LayerNorms per block and one after each stack: 2 * 14 + 2.
+    assert r["calls0"] == [0] * 6 and r["calls1"] == [14, 14, 14, 14, 30, 30]
     assert abs(r["loss1"] - r["loss0"]) <= 1e-5 * abs(r["loss0"])
     assert r["err"] < 1e-4
 

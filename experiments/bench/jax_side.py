@@ -28,6 +28,7 @@ from ssl_jax.evaluators import knn as knn_lib  # noqa: E402
 from ssl_jax.evaluators import linear_probe  # noqa: E402
 from ssl_jax.kernels import attention as attention_kernels  # noqa: E402
 from ssl_jax.kernels import gelu as gelu_kernels  # noqa: E402
+from ssl_jax.kernels import layernorm as layernorm_kernels  # noqa: E402
 from ssl_jax.kernels import native, onednn  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
@@ -78,8 +79,8 @@ def pretrain_step(config, image_shape, compiler_options=None, seed=0):
 ONEDNN_CONVS = ("jit, oneDNN convs (cpu_conv=onednn)", [(onednn, "onednn")])
 FUSED_ATTENTION = ("jit, fused attention (cpu_attention=fused)", [(attention_kernels, "fused")])
 VIT_KERNELS = (
-    "jit, fused attention and GELU (cpu_attention, cpu_gelu = fused)",
-    [(attention_kernels, "fused"), (gelu_kernels, "fused")],
+    "jit, fused attention, GELU and LayerNorm (cpu_attention, cpu_gelu, cpu_layernorm = fused)",
+    [(attention_kernels, "fused"), (gelu_kernels, "fused"), (layernorm_kernels, "fused")],
 )
 
 
@@ -195,7 +196,7 @@ def _grad_steps(module, params, setting="jit"):
 
 def _vit_grad_steps(module, params):
     """``_grad_steps`` with XLA's kernels ("jit"), with the fused attention core,
-    and with the fused attention core and GELU."""
+    and with all of the ViT's fused kernels (attention core, GELU, LayerNorm)."""
     variants, info = _grad_steps(module, params)
     for setting, selection in (FUSED_ATTENTION, VIT_KERNELS):
         fused = with_kernels(setting, selection, lambda s=setting: _grad_steps(module, params, s))

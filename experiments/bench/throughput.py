@@ -36,7 +36,7 @@ from configs import simclr  # noqa: E402
 from experiments.bench import data, jax_side  # noqa: E402
 from experiments.ssl_mnist import OBJECTIVES  # noqa: E402
 from ssl_jax import parallel  # noqa: E402
-from ssl_jax.kernels import attention, gelu, onednn  # noqa: E402
+from ssl_jax.kernels import attention, gelu, layernorm, onednn  # noqa: E402
 from ssl_jax.stages.common import PretrainModel  # noqa: E402
 
 MODELS = {  # name → (config variant, image shape, model overrides)
@@ -106,9 +106,9 @@ def bench_model(name: str, batch: int, steps: int, repeats: int, toy: bool) -> l
     return rows
 
 
-# ssl_jax's CPU kernels as config.cpu_conv, cpu_attention and cpu_gelu = "auto" select
-# them on one CPU device: the oneDNN convolutions, the fused attention core and GELU.
-CPU_KERNELS = ((onednn, "onednn"), (attention, "fused"), (gelu, "fused"))
+# ssl_jax's CPU kernels as the config's cpu_* keys = "auto" select them on one CPU
+# device: the oneDNN convolutions, the fused attention core, GELU and LayerNorm.
+CPU_KERNELS = ((onednn, "onednn"), (attention, "fused"), (gelu, "fused"), (layernorm, "fused"))
 
 
 def bench_objectives(names, batch: int, steps: int, repeats: int, toy: bool) -> list[dict]:

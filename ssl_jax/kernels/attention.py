@@ -21,52 +21,23 @@ made when a function is traced: call ``configure`` before tracing the models
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.kernels import native
 
-MODES = ("auto", "xla", "fused")
-TARGETS = ("AttentionFwd", "AttentionBwd")
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attention.cc")
-
-_state = {"mode": "xla", "lib": None}
-
-
-def build(force: bool = False) -> str:
-    """Compiles attention.cc (once; again with ``force``) and returns the .so path."""
-    args = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
-    return native.build_library("attention", SOURCE, args, "fused attention kernels", force)
-
-
-def load() -> None:
-    """Builds if needed, loads, and registers the FFI handlers (once per process)."""
-    if _state["lib"] is None:
-        _state["lib"] = native.register(build(), TARGETS)
-
-
-def configure(mode: str) -> str:
-    """Selects who runs the attention core on the CPU and returns it: "fused"
-    (raises ``native.Unavailable`` if it cannot be built or loaded), "xla", or
-    "auto": fused where JAX's backend is the CPU and it loads, else XLA (saying
-    why on stderr)."""
-    return native.configure("cpu_attention", MODES, mode, _state, load, "XLA's attention")
-
-
-def mode() -> str:
-    return _state["mode"]
-
-
-def runs_on() -> str:
-    """Who runs the attention core now: "fused" or "xla"."""
-    return "fused" if _route() else "xla"
-
-
-def _route() -> bool:
-    return _state["mode"] == "fused" and native.single_cpu_device()
+_KERNEL = native.FusedKernel(
+    "cpu_attention",
+    "attention.cc",
+    ("AttentionFwd", "AttentionBwd"),
+    "fused attention kernels",
+    "XLA's attention",
+)
+MODES, TARGETS, SOURCE = _KERNEL.MODES, _KERNEL.targets, _KERNEL.source
+_state = _KERNEL.state
+build, load, configure = _KERNEL.build, _KERNEL.load, _KERNEL.configure
+mode, runs_on, _route = _KERNEL.mode, _KERNEL.runs_on, _KERNEL.route
 
 
 def xla_core(q, k, v):

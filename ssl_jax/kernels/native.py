@@ -126,3 +126,46 @@ def configure(key: str, modes, mode: str, state: dict, load, fallback: str) -> s
         load()
     state["mode"] = mode
     return mode
+
+
+class FusedKernel:
+    """The build, load and choice of one of ssl_jax's plain C++ kernels (no
+    dependency beyond the compiler): ``source`` (next to this module) with its
+    FFI ``targets``, chosen by config ``key`` among ("auto", "xla", "fused").
+    A kernel module exposes these methods as its own functions."""
+
+    MODES = ("auto", "xla", "fused")
+    ARGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
+
+    def __init__(self, key: str, source: str, targets: tuple[str, ...], what: str, xla: str):
+        self.key, self.targets, self.what, self.xla = key, targets, what, xla
+        self.source = os.path.join(os.path.dirname(os.path.abspath(__file__)), source)
+        self.name = os.path.splitext(source)[0]
+        self.state = {"mode": "xla", "lib": None}
+
+    def build(self, force: bool = False) -> str:
+        """Compiles the source (once; again with ``force``) and returns the .so path."""
+        return build_library(self.name, self.source, list(self.ARGS), self.what, force)
+
+    def load(self) -> None:
+        """Builds if needed, loads, and registers the FFI handlers (once per process)."""
+        if self.state["lib"] is None:
+            self.state["lib"] = register(self.build(), self.targets)
+
+    def configure(self, mode: str) -> str:
+        """Selects who runs the op on the CPU and returns it: "fused" (raises
+        ``Unavailable`` if it cannot be built or loaded), "xla", or "auto":
+        fused where JAX's backend is the CPU and it loads, else XLA (saying why
+        on stderr)."""
+        return configure(self.key, self.MODES, mode, self.state, self.load, self.xla)
+
+    def mode(self) -> str:
+        return self.state["mode"]
+
+    def route(self) -> bool:
+        """Whether traced code should call the kernel now."""
+        return self.state["mode"] == "fused" and single_cpu_device()
+
+    def runs_on(self) -> str:
+        """Who runs the op now: "fused" or "xla"."""
+        return "fused" if self.route() else "xla"

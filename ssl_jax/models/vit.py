@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax.kernels import attention, gelu
+from ssl_jax.kernels.layernorm import LayerNorm
 
 # Size name -> (width, depth, num_heads, mlp_dim), as in Dosovitskiy et al. / DeiT.
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -220,10 +221,10 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+        y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         y = SelfAttention(self.num_heads, self.dtype, name="attn")(y)
         x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
-        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+        y = LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
         y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(y, train)
         return x + nn.Dropout(self.dropout, deterministic=not train)(y)
 
@@ -247,7 +248,7 @@ class Encoder(nn.Module):
             x = Block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, name=f"block{i}")(
                 x, train
             )
-        return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+        return LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
 
 
 class Model(nn.Module):
