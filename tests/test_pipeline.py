@@ -4,6 +4,7 @@ plus kill-and-resume and config errors."""
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def test_default_pipeline_end_to_end_on_digits(messy_digits, tmp_path):
         ]
     )
     assert "skipped 1 unreadable file(s)" in proc.stdout and "zz_empty" in proc.stdout
+    # The first line names who runs each op the CPU kernels cover.
+    ops = ", ".join(f"{op} by (\\w+)" for op in ("convolutions", "attention", "GELU", "LayerNorm"))
+    assert re.search(r"cpu device\(s\), " + ops + "\n", proc.stdout), proc.stdout[:500]
     with open(os.path.join(workdir, "data_report.json")) as f:
         assert json.load(f)["skipped_files"] == [os.path.join("train", "3", "corrupt.png")]
     assert "| labelled (50) |" in proc.stdout and "| all (" in proc.stdout
