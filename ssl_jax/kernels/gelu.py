@@ -3,10 +3,9 @@
 After the MLP's first dense layer, XLA's CPU backend adds the bias and applies
 the tanh-approximated GELU in two passes over the [rows, mlp] activations
 (each reading them), and its backward in one more pass plus a tree of partial
-sums for the bias gradient. On this machine those arrays (12.6 MB per ViT-Ti
-block at batch 256) come from memory, not cache, so the passes cost more than
-the arithmetic. ``gelu.cc`` (next to this file) reads them once in the
-forward and once in the backward, where it also sums the bias gradient.
+sums for the bias gradient; each pass is 12.6 MB per ViT-Ti block at batch
+256. ``gelu.cc`` (next to this file) reads them once in the forward and once
+in the backward, where it also sums the bias gradient.
 Measurements: experiments/bench/RESULTS.md.
 
 ``configure("fused")`` builds it once with the system's C++ compiler
