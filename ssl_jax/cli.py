@@ -55,7 +55,7 @@ def check_config(config):
             check(config)
     from ssl_jax.kernels import KERNELS
 
-    for key, module in KERNELS.items():
+    for key, (_, module) in KERNELS.items():
         if config.get(key) not in (modes := module.MODES):
             raise ValueError(f"{key} must be one of {', '.join(modes)}, got {config.get(key)!r}")
     views = config.eval.tta_views
@@ -80,9 +80,9 @@ def run_pipeline(config, workdir: str) -> dict:
     )
     import jax
 
-    from ssl_jax.kernels import KERNEL_OPS, KERNELS
+    from ssl_jax.kernels import KERNELS
 
-    for key, module in KERNELS.items():  # after jax.distributed: they ask for the backend
+    for key, (_, module) in KERNELS.items():  # after jax.distributed: they ask for the backend
         module.configure(config[key])
 
     from ssl_jax.data.labels import atomic_write_text
@@ -98,7 +98,7 @@ def run_pipeline(config, workdir: str) -> dict:
         f"workdir {workdir}: stages {', '.join(config.stages)} on {mesh.devices.size} "
         f"{jax.default_backend()} device(s)"
         + (
-            "".join(f", {op} by {KERNELS[key].runs_on()}" for key, op in KERNEL_OPS.items())
+            "".join(f", {op} by {module.runs_on()}" for op, module in KERNELS.values())
             if jax.default_backend() == "cpu"
             else ""
         )
