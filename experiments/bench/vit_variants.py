@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from experiments.bench import data  # noqa: E402
 from experiments.bench.jax_side import EIGEN_CONV, grad_executable  # noqa: E402
-from ssl_jax.kernels import attention  # noqa: E402
+from ssl_jax.kernels import attention, gelu, layernorm  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
 
 XAVIER = nn.initializers.xavier_uniform()
@@ -145,10 +145,30 @@ class FusedAttention(nn.Module):
         return out.reshape(b, n, d)
 
 
+class SeparateAttention(nn.Module):
+    """vit.SelfAttention as it was before packing: q, k and v each from its
+    own [width, width] matmul (and bias add) on the rows, then
+    ``vit.attention_core`` (fused in C++ or XLA's, as configured)."""
+
+    heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        b, n, d = x.shape
+        h = self.heads
+        rows = x.reshape(b * n, d)
+        q, k, v = (
+            vit._HeadsDense((d, h, d // h), (h, d // h), name=name)(rows).reshape(b, n, h, -1)
+            for name in ("query", "key", "value")
+        )
+        out = vit.attention_core(q, k, v).reshape(b * n, d)
+        return vit._HeadsDense((h, d // h, d), (d,), name="out")(out).reshape(b, n, d)
+
+
 class Block(nn.Module):
     """vit.Block with swappable parts: attention ("ssl_jax": vit.SelfAttention
     as in vit.Block, "flax": flax's MultiHeadDotProductAttention on 3-D
-    tokens, "einsum", "sdpa", "per_head", "none"), gelu ("tanh" as in vit.Block, "erf",
+    tokens, "separate", "einsum", "sdpa", "per_head", "none"), gelu ("tanh" as in vit.Block, "erf",
     "sigmoid", "hand", "none"), norm ("flax", "hand", "none"), and ``rows``: the MLP's
     dense layers on [batch * tokens, width] rows (vit.dense_tokens, as
     vit.Block) or on the 3-D tokens."""
@@ -175,6 +195,8 @@ class Block(nn.Module):
             y = self._norm(x)
             if self.attention == "ssl_jax":
                 y = vit.SelfAttention(self.heads)(y)
+            elif self.attention == "separate":
+                y = SeparateAttention(self.heads)(y)
             elif self.attention == "flax":
                 y = nn.MultiHeadDotProductAttention(
                     num_heads=self.heads, kernel_init=XAVIER, deterministic=True
@@ -217,6 +239,7 @@ VARIANTS = {
         {"attention": "flax", "rows": False},
         {},
     ),
+    "q/k/v projections separate (before packing)": ("rewrite", {"attention": "separate"}, {}),
     "fused qkv, einsum attention": ("rewrite", {"attention": "einsum"}, {}),
     "fused qkv, jax.nn.dot_product_attention": ("rewrite", {"attention": "sdpa"}, {}),
     "per-head q/k/v matmuls, no head transposes": ("rewrite", {"attention": "per_head"}, {}),
@@ -292,9 +315,18 @@ def main(argv=None):
         help="the attention core in ssl_jax's blocks (config.cpu_attention; the CPU default "
         "is fused where it builds); the rewrites of attention are XLA's either way",
     )
+    p.add_argument(
+        "--cpu-norm-gelu",
+        choices=("xla", "fused"),
+        default="xla",
+        help="the LayerNorm and GELU in ssl_jax's vit.Encoder (config.cpu_layernorm and "
+        "cpu_gelu; the CPU default is fused where they build); the rebuilt blocks use flax's",
+    )
     p.add_argument("--toy", action="store_true", help="tiny sizes: checks the script runs")
     a = p.parse_args(argv)
     attention.configure(a.cpu_attention)
+    gelu.configure(a.cpu_norm_gelu)
+    layernorm.configure(a.cpu_norm_gelu)
     if a.toy:
         a.batch, a.tokens, a.width, a.depth, a.heads, a.mlp, a.repeats = 2, 4, 16, 1, 2, 32, 1
     names = [BASE, *[n for n in a.variants if n != BASE]]
@@ -312,7 +344,8 @@ def main(argv=None):
     base = statistics.median(times[BASE])
     print(
         f"{a.depth} blocks, [{a.batch}, {a.tokens}, {a.width}] tokens, {a.heads} heads, "
-        f"MLP {a.mlp}; attention core by {attention.runs_on()}; forward+backward; "
+        f"MLP {a.mlp}; attention core by {attention.runs_on()}, GELU by {gelu.runs_on()}, "
+        f"LayerNorm by {layernorm.runs_on()}; forward+backward; "
         f"medians of {a.repeats}; jax {jax.__version__}\n"
     )
     print("| variant | kind | ms | spread | speed vs baseline |\n|---|---|---|---|---|")

@@ -25,7 +25,8 @@ namespace {
 using ssl_jax::Exp;
 using ssl_jax::Load;
 using ssl_jax::Store;
-using ssl_jax::V16;
+using ssl_jax::kLanes;
+using ssl_jax::Vec;
 
 std::mutex mu;
 
@@ -36,11 +37,11 @@ constexpr float kA = 0.044715f;
 constexpr int64_t kRows = 64;
 
 // tanh(u) = 1 - 2 / (exp(2u) + 1); Exp's clamp makes it exactly +-1 far out.
-inline V16 Tanh(V16 u) { return 1.0f - 2.0f / (Exp(u + u) + 1.0f); }
+inline Vec Tanh(Vec u) { return 1.0f - 2.0f / (Exp(u + u) + 1.0f); }
 inline float Tanh(float u) { return std::tanh(u); }
 
 // gelu(z) = z / 2 (1 + tanh(c (z + a z^3))) and its derivative
-// (1 + t) / 2 + z / 2 (1 - t^2) c (1 + 3 a z^2), for V16 or float.
+// (1 + t) / 2 + z / 2 (1 - t^2) c (1 + 3 a z^2), for Vec or float.
 template <typename T>
 inline T Gelu(T z) {
   const T t = Tanh(kC * (z + kA * z * z * z));
@@ -77,7 +78,7 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> b, ffi::ResultBuff
     const float* yr = yp + i * s.d;
     float* gr = gp + i * s.d;
     int64_t j = 0;
-    for (; j + 16 <= s.d; j += 16) Store(gr + j, Gelu(Load(yr + j) + Load(bp + j)));
+    for (; j + kLanes <= s.d; j += kLanes) Store(gr + j, Gelu(Load(yr + j) + Load(bp + j)));
     for (; j < s.d; ++j) gr[j] = Gelu(yr[j] + bp[j]);
   }
   return ffi::Error::Success();
@@ -101,10 +102,10 @@ ffi::Error Bwd(ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi
       for (int64_t i = blk * kRows; i < end; ++i) {
         const int64_t o = i * s.d;
         int64_t j = 0;
-        for (; j + 16 <= s.d; j += 16) {
-          const V16 v = Load(gp + o + j) * GeluGrad(Load(yp + o + j) + Load(bp + j));
+        for (; j + kLanes <= s.d; j += kLanes) {
+          const Vec v = Load(gp + o + j) * GeluGrad(Load(yp + o + j) + Load(bp + j));
           Store(dyp + o + j, v);
-          Store(acc + j, (i == blk * kRows ? V16{} : Load(acc + j)) + v);
+          Store(acc + j, (i == blk * kRows ? Vec{} : Load(acc + j)) + v);
         }
         for (; j < s.d; ++j) {
           const float v = gp[o + j] * GeluGrad(yp[o + j] + bp[j]);

@@ -23,7 +23,8 @@ namespace {
 using ssl_jax::Load;
 using ssl_jax::Store;
 using ssl_jax::Sum;
-using ssl_jax::V16;
+using ssl_jax::kLanes;
+using ssl_jax::Vec;
 
 std::mutex mu;
 
@@ -44,22 +45,22 @@ ffi::Error GetShape(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& scale, Shap
   return ffi::Error::Success();
 }
 
-// sum_j f(j) over a row, 16 at a time.
+// sum_j f(j) over a row, a vector (kLanes) at a time.
 template <typename F>
 inline float RowSum(int64_t d, F f) {
-  V16 acc{};
+  Vec acc{};
   int64_t j = 0;
-  for (; j + 16 <= d; j += 16) acc += f(j);
+  for (; j + kLanes <= d; j += kLanes) acc += f(j);
   float s = Sum(acc);
   for (; j < d; ++j) s += f(j)[0];
   return s;
 }
 
-// The row's elements j..j+15 (or, past the last whole vector, element j alone
+// The row's elements j..j+kLanes-1 (or, past the last whole vector, element j alone
 // in lane 0): lets one lambda serve the vector loop and the remainder.
-inline V16 At(const float* p, int64_t j, int64_t d) {
-  if (j + 16 <= d) return Load(p + j);
-  V16 v{};
+inline Vec At(const float* p, int64_t j, int64_t d) {
+  if (j + kLanes <= d) return Load(p + j);
+  Vec v{};
   v[0] = p[j];
   return v;
 }
@@ -79,14 +80,14 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer
     float* yr = yp + i * d;
     const float m = RowSum(d, [&](int64_t j) { return At(xr, j, d); }) / d;
     const float var = RowSum(d, [&](int64_t j) {
-                        const V16 c = At(xr, j, d) - m;
+                        const Vec c = At(xr, j, d) - m;
                         return c * c;
                       }) / d;
     const float r = 1.0f / std::sqrt(var + eps);
     mp[i] = m;
     rp[i] = r;
     int64_t j = 0;
-    for (; j + 16 <= d; j += 16)
+    for (; j + kLanes <= d; j += kLanes)
       Store(yr + j, (Load(xr + j) - m) * r * Load(sp + j) + Load(bp + j));
     for (; j < d; ++j) yr[j] = (xr[j] - m) * r * sp[j] + bp[j];
   }
@@ -121,8 +122,8 @@ ffi::Error Bwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale, ffi::Buffer
                           }) / d;
         float* dr = dxp + i * d;
         int64_t j = 0;
-        for (; j + 16 <= d; j += 16) {
-          const V16 g = Load(gr + j), xh = (Load(xr + j) - m) * r;
+        for (; j + kLanes <= d; j += kLanes) {
+          const Vec g = Load(gr + j), xh = (Load(xr + j) - m) * r;
           Store(dr + j, r * (g * Load(sp + j) - mg - xh * mgx));
           Store(ds + j, Load(ds + j) + g * xh);
           Store(db + j, Load(db + j) + g);
