@@ -56,77 +56,6 @@ def test_fused_core_and_its_gradients_equal_xla(b, lq, lk, h, d, scale):
 
 
 @needs_compiler
-@pytest.mark.parametrize(
-    "b,n,h,d",
-    [
-        (2, 64, 4, 32),  # MAE decoder's shape
-        (3, 16, 3, 64),  # the encoder's
-        (2, 7, 3, 5),  # nothing a multiple of a vector: the remainder loops
-        (3, 33, 1, 48),  # rows 33 = 8 blocks of 4 and one more
-    ],
-)
-def test_packed_core_adds_the_biases_and_returns_their_gradient(b, n, h, d):
-    attention.load()
-    kx, kb, kg = jax.random.split(jax.random.PRNGKey(3), 3)
-    qkv = jax.random.normal(kx, (b, n, 3, h, d))
-    bias = jax.random.normal(kb, (3, h, d))
-    g = jax.random.normal(kg, (b, n, h, d))
-    out = jax.jit(attention.fused_qkv_core)(qkv, bias)
-    ref = attention.xla_qkv_core(qkv, bias)
-    # The same as the core on separate arrays with the biases added first.
-    x = qkv + bias
-    np.testing.assert_allclose(ref, attention.xla_core(x[:, :, 0], x[:, :, 1], x[:, :, 2]))
-    assert out.shape == (b, n, h, d)
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-5)
-    grad = jax.jit(jax.vjp(attention.fused_qkv_core, qkv, bias)[1])
-    got, again = grad(g), grad(g)
-    want = jax.vjp(attention.xla_qkv_core, qkv, bias)[1](g)
-    for x, a, r in zip(got, again, want, strict=True):
-        assert x.shape == r.shape
-        np.testing.assert_allclose(x, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
-        np.testing.assert_array_equal(x, a)  # the same bits on a second call
-    # The bias gradient is the projections' gradient summed over images and tokens.
-    np.testing.assert_allclose(got[1], got[0].sum((0, 1)), rtol=1e-5, atol=1e-5)
-
-
-@needs_compiler
-def test_self_attention_packs_its_projections_where_the_kernels_run(monkeypatch):
-    from ssl_jax.models.vit import SelfAttention
-
-    monkeypatch.setitem(attention._state, "mode", "xla")
-    monkeypatch.setattr(jax, "device_count", lambda: 1)
-    layer = SelfAttention(num_heads=3)
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 10, 48))
-    params = layer.init(jax.random.PRNGKey(1), x)
-
-    def run():  # a new function each time: jit caches traces per function
-        f = jax.jit(lambda p, x: jax.value_and_grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(p))
-        return f.lower(params, x).as_text(), f(params, x)
-
-    hlo0, (loss0, g0) = run()
-    assert attention.configure("fused") == "fused"
-    hlo1, (loss1, g1) = run()
-    # Gradients of the parameters only. Separate: four projections, a dot
-    # forward and one for the weight gradient each, one more for the gradient
-    # through out (11), and XLA's core. Packed: the q/k/v projection and out,
-    # a dot forward and one for the weight gradient each, and the one through
-    # out (5); nothing else.
-    assert hlo0.count("stablehlo.dot_general") > 11 and "AttentionQkvFwd" not in hlo0
-    assert hlo1.count("stablehlo.dot_general") == 5
-    assert hlo1.count("@AttentionQkvFwd") == 1 and hlo1.count("@AttentionQkvBwd") == 1
-    # The same parameters (names and shapes) and function.
-    assert jax.tree.structure(g0) == jax.tree.structure(g1)
-    np.testing.assert_allclose(loss1, loss0, rtol=1e-5)
-    # The key bias's gradient is 0 up to rounding (softmax ignores a shift along
-    # the keys): tolerances relative to the largest gradient for it.
-    top = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0))
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
-        np.testing.assert_allclose(
-            b, a, rtol=1e-4, atol=1e-4 * max(float(jnp.abs(a).max()), 1e-3 * top)
-        )
-
-
-@needs_compiler
 def test_attention_core_routes_by_mode_and_device_count(monkeypatch):
     monkeypatch.setitem(attention._state, "mode", "xla")  # restored after the test
     q, k, v, _ = _inputs(8, 4, 4, 2, 8)
@@ -201,7 +130,7 @@ def grads():
         return jnp.sum(pred ** 2 * mask[..., None])
     f = jax.jit(jax.value_and_grad(loss))
     hlo = f.lower(v["params"]).as_text()
-    names = ("AttentionQkvFwd", "AttentionQkvBwd", "BiasGeluFwd", "BiasGeluBwd", "LayerNormFwd",
+    names = ("AttentionFwd", "AttentionBwd", "BiasGeluFwd", "BiasGeluBwd", "LayerNormFwd",
              "LayerNormBwd")
     return [hlo.count("@" + n) for n in names], f(v["params"])
 calls0, (l0, g0) = grads()
@@ -231,8 +160,7 @@ def test_mae_runs_its_attention_gelu_and_layernorm_fused_with_the_same_gradients
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["devices"] == 1 and r["on"] == ["fused"] * 3
     # ViT-Ti: 12 encoder blocks, and the decoder's 2: one forward and one backward
-    # each, of the attention core (on packed projections) and of the MLP's bias
-    # add and GELU; two
+    # each, of the attention core and of the MLP's bias add and GELU; two
     # LayerNorms per block and one after each stack: 2 * 14 + 2.
     assert r["calls0"] == [0] * 6 and r["calls1"] == [14, 14, 14, 14, 30, 30]
     assert abs(r["loss1"] - r["loss0"]) <= 1e-5 * abs(r["loss0"])

@@ -145,30 +145,10 @@ class FusedAttention(nn.Module):
         return out.reshape(b, n, d)
 
 
-class SeparateAttention(nn.Module):
-    """vit.SelfAttention as it was before packing: q, k and v each from its
-    own [width, width] matmul (and bias add) on the rows, then
-    ``vit.attention_core`` (fused in C++ or XLA's, as configured)."""
-
-    heads: int
-
-    @nn.compact
-    def __call__(self, x):
-        b, n, d = x.shape
-        h = self.heads
-        rows = x.reshape(b * n, d)
-        q, k, v = (
-            vit._HeadsDense((d, h, d // h), (h, d // h), name=name)(rows).reshape(b, n, h, -1)
-            for name in ("query", "key", "value")
-        )
-        out = vit.attention_core(q, k, v).reshape(b * n, d)
-        return vit._HeadsDense((h, d // h, d), (d,), name="out")(out).reshape(b, n, d)
-
-
 class Block(nn.Module):
     """vit.Block with swappable parts: attention ("ssl_jax": vit.SelfAttention
     as in vit.Block, "flax": flax's MultiHeadDotProductAttention on 3-D
-    tokens, "separate", "einsum", "sdpa", "per_head", "none"), gelu ("tanh" as in vit.Block, "erf",
+    tokens, "einsum", "sdpa", "per_head", "none"), gelu ("tanh" as in vit.Block, "erf",
     "sigmoid", "hand", "none"), norm ("flax", "hand", "none"), and ``rows``: the MLP's
     dense layers on [batch * tokens, width] rows (vit.dense_tokens, as
     vit.Block) or on the 3-D tokens."""
@@ -195,8 +175,6 @@ class Block(nn.Module):
             y = self._norm(x)
             if self.attention == "ssl_jax":
                 y = vit.SelfAttention(self.heads)(y)
-            elif self.attention == "separate":
-                y = SeparateAttention(self.heads)(y)
             elif self.attention == "flax":
                 y = nn.MultiHeadDotProductAttention(
                     num_heads=self.heads, kernel_init=XAVIER, deterministic=True
@@ -239,7 +217,6 @@ VARIANTS = {
         {"attention": "flax", "rows": False},
         {},
     ),
-    "q/k/v projections separate (before packing)": ("rewrite", {"attention": "separate"}, {}),
     "fused qkv, einsum attention": ("rewrite", {"attention": "einsum"}, {}),
     "fused qkv, jax.nn.dot_product_attention": ("rewrite", {"attention": "sdpa"}, {}),
     "per-head q/k/v matmuls, no head transposes": ("rewrite", {"attention": "per_head"}, {}),

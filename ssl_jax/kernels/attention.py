@@ -30,7 +30,7 @@ from ssl_jax.kernels import native
 _KERNEL = native.FusedKernel(
     "cpu_attention",
     "attention.cc",
-    ("AttentionFwd", "AttentionBwd", "AttentionQkvFwd", "AttentionQkvBwd"),
+    ("AttentionFwd", "AttentionBwd"),
     "fused attention kernels",
     "XLA's attention",
 )
@@ -84,55 +84,3 @@ def attention_core(q, k, v):
     if _route() and same and all(x.dtype == np.float32 for x in (q, k, v)) and q.shape[0] > 0:
         return fused_core(q, k, v)
     return xla_core(q, k, v)
-
-
-def _qkv_fwd_call(qkv, bias):
-    b, n, _, h, d = qkv.shape
-    out = (
-        jax.ShapeDtypeStruct((b, n, h, d), qkv.dtype),
-        jax.ShapeDtypeStruct((b, h, n), qkv.dtype),
-    )
-    return jax.ffi.ffi_call("AttentionQkvFwd", out)(qkv, bias, scale=_scale(qkv))
-
-
-@jax.custom_vjp
-def fused_qkv_core(qkv, bias):
-    """``xla_qkv_core`` computed by the C++ kernels (float32, CPU)."""
-    return _qkv_fwd_call(qkv, bias)[0]
-
-
-def _fused_qkv_fwd(qkv, bias):
-    o, lse = _qkv_fwd_call(qkv, bias)
-    return o, (qkv, bias, o, lse)
-
-
-def _fused_qkv_bwd(res, g):
-    qkv, bias, o, lse = res
-    shapes = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (qkv, bias))
-    call = jax.ffi.ffi_call("AttentionQkvBwd", shapes)
-    return tuple(call(qkv, bias, o, lse, g, scale=_scale(qkv)))
-
-
-fused_qkv_core.defvjp(_fused_qkv_fwd, _fused_qkv_bwd)
-
-
-def xla_qkv_core(qkv, bias):
-    """Self-attention's core on its packed projections, in XLA: qkv
-    [batch, tokens, 3, heads, head_dim] (q, k, v along axis 2, before their
-    biases), bias [3, heads, head_dim]; returns [batch, tokens, heads, head_dim]."""
-    x = qkv + bias
-    return xla_core(x[:, :, 0], x[:, :, 1], x[:, :, 2])
-
-
-def packs(dtype) -> bool:
-    """Whether ``qkv_core`` on ``dtype`` inputs runs the fused kernels (decided
-    at trace time): then a layer packs its three projections into one matmul."""
-    return _route() and dtype == np.float32
-
-
-def qkv_core(qkv, bias):
-    """``xla_qkv_core``: fused in C++ (biases added as the kernel reads) where
-    configured and possible, else XLA."""
-    if packs(qkv.dtype) and bias.dtype == np.float32 and qkv.shape[0] > 0:
-        return fused_qkv_core(qkv, bias)
-    return xla_qkv_core(qkv, bias)

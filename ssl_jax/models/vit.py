@@ -127,36 +127,24 @@ class _HeadsDense(nn.Module):
     kernel_init: Any = nn.initializers.xavier_uniform()
     dtype: Any = jnp.float32
 
-    def setup(self):
+    @nn.compact
+    def __call__(self, x):
         out_dim = int(np.prod(self.bias_shape))
         in_dim = int(np.prod(self.kernel_shape)) // out_dim
 
         def kernel_init(rng, shape, dtype=jnp.float32):  # on (in, out), as DenseGeneral
             return self.kernel_init(rng, (in_dim, out_dim), dtype).reshape(shape)
 
-        self.kernel = self.param("kernel", kernel_init, self.kernel_shape)
-        self.bias = self.param("bias", nn.initializers.zeros, self.bias_shape)
-        self.in_dim, self.out_dim = in_dim, out_dim
-
-    def matrices(self):
-        """(kernel [in, out], bias [out]) in ``dtype``."""
-        kernel = self.kernel.astype(self.dtype).reshape(self.in_dim, self.out_dim)
-        return kernel, self.bias.astype(self.dtype).reshape(self.out_dim)
-
-    def __call__(self, x):
-        kernel, bias = self.matrices()
-        return x.astype(self.dtype) @ kernel + bias
+        kernel = self.param("kernel", kernel_init, self.kernel_shape)
+        bias = self.param("bias", nn.initializers.zeros, self.bias_shape)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        return x @ kernel.reshape(in_dim, out_dim) + bias.reshape(out_dim)
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention, the function and parameters of flax's
     ``nn.MultiHeadDotProductAttention`` (query/key/value/out, no dropout on
-    the weights), with its projections on [B*L, D] rows (see ``dense_tokens``).
-
-    Where the fused attention kernels run (``kernels.attention.packs``), the
-    query, key and value kernels are concatenated into one [D, 3D] matrix, so
-    the three projections are one matmul (and so are their gradients), and
-    the kernels add the biases as they read; the parameters stay flax's."""
+    the weights), with its projections on [B*L, D] rows (see ``dense_tokens``)."""
 
     num_heads: int
     dtype: Any = jnp.float32
@@ -171,18 +159,10 @@ class SelfAttention(nn.Module):
         rows = x.reshape(b * n, d)
         kw = dict(kernel_init=self.kernel_init, dtype=self.dtype)
         q, k, v = (
-            _HeadsDense((d, h, d // h), (h, d // h), name=name, **kw)
+            _HeadsDense((d, h, d // h), (h, d // h), name=name, **kw)(rows).reshape(b, n, h, -1)
             for name in ("query", "key", "value")
         )
-        if attention.packs(jnp.dtype(self.dtype)):
-            (wq, bq), (wk, bk), (wv, bv) = (layer.matrices() for layer in (q, k, v))
-            qkv = rows.astype(self.dtype) @ jnp.concatenate([wq, wk, wv], axis=1)
-            bias = jnp.stack([bq, bk, bv]).reshape(3, h, d // h)
-            out = attention.qkv_core(qkv.reshape(b, n, 3, h, d // h), bias)
-        else:
-            q, k, v = (layer(rows).reshape(b, n, h, -1) for layer in (q, k, v))
-            out = attention_core(q, k, v)
-        out = out.reshape(b * n, d)
+        out = attention_core(q, k, v).reshape(b * n, d)
         return _HeadsDense((h, d // h, d), (d,), name="out", **kw)(out).reshape(b, n, d)
 
 
