@@ -33,9 +33,9 @@ def _inputs(b, lq, lk, h, d, scale=1.0):
 @pytest.mark.parametrize(
     "b,lq,lk,h,d,scale",
     [
-        (2, 64, 64, 4, 32, 1.0),  # MAE decoder's shape: whole 16-wide blocks
+        (2, 64, 64, 4, 32, 1.0),  # MAE decoder's shape: whole vectors
         (3, 16, 16, 3, 64, 1.0),  # the encoder's
-        (2, 7, 13, 3, 5, 1.0),  # nothing a multiple of 16: the remainder loops
+        (2, 7, 13, 3, 5, 1.0),  # nothing a multiple of a vector: the remainder loops
         (1, 50, 50, 2, 20, 6.0),  # logits in the hundreds: a stable softmax
         (2, 33, 33, 1, 48, 0.1),  # rows 33 = 8 blocks of 4 and one more
     ],

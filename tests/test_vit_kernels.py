@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.kernels import gelu, layernorm, native
+from ssl_jax.kernels import attention, gelu, layernorm, native
 from ssl_jax.models import vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,9 +36,9 @@ def _xla(y, b):
 @pytest.mark.parametrize(
     "shape,scale",
     [
-        ((64, 768), 3.0),  # the ViT-Ti MLP's width: whole 16-wide vectors
+        ((64, 768), 3.0),  # the ViT-Ti MLP's width: whole vectors
         ((130, 48), 3.0),  # rows over three 64-row blocks of the bias gradient's sums
-        ((5, 3, 21), 3.0),  # 3-D, a width that is no multiple of 16: the remainder loop
+        ((5, 3, 21), 3.0),  # 3-D, a width that is no multiple of a vector: the remainder loop
         ((7, 100), 40.0),  # tanh saturated far out: exactly +-1, no overflow
     ],
 )
@@ -133,7 +133,7 @@ def test_cli_refuses_an_unknown_mode_before_any_work(key, tmp_path):
 @pytest.mark.parametrize(
     "shape,scale,offset",
     [
-        ((64, 192), 1.0, 1.0),  # the ViT-Ti width: whole 16-wide vectors
+        ((64, 192), 1.0, 1.0),  # the ViT-Ti width: whole vectors
         ((130, 40), 5.0, 1.0),  # rows over three 64-row blocks; a remainder of 8
         # 3-D, a small spread. (Not with an offset of 1: there flax's E[x²] − E[x]²
         # loses ~1e-5 to cancellation, which the kernel's centred variance does not.)
@@ -187,3 +187,22 @@ def test_layer_norm_module_routes_by_mode_device_count_and_dtype(monkeypatch):
     assert "LayerNormFwd" not in text(x=x.astype(jnp.bfloat16))
     assert "LayerNormFwd" not in text(layernorm.LayerNorm(use_bias=False))
     assert "LayerNormFwd" not in text(layernorm.LayerNorm(reduction_axes=(1, 2)))
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    "module", [attention, gelu, layernorm], ids=["attention", "gelu", "layernorm"]
+)
+def test_the_kernels_vectors_fit_this_machines_registers(module, tmp_path):
+    """Compiled as ssl_jax builds them, no vector operation of ours is expanded
+    piecewise: 64-byte vectors on a machine without AVX-512 made the attention
+    kernel 8x slower than XLA's (experiments/bench/RESULTS.md)."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    cmd = [cxx, "-std=c++17", "-fPIC", "-c", module.SOURCE, "-o", str(tmp_path / "k.o")]
+    cmd += ["-I", jax.ffi.include_dir(), "-I", os.path.dirname(native.HEADERS[0])]
+    cmd += [*native.FusedKernel.ARGS, "-Wvector-operation-performance", "-Wpsabi"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = [line for line in done.stderr.splitlines() if "ssl_jax/kernels/" in line]
+    slow = [line for line in ours if "piecewise" in line or "changes the ABI" in line]
+    assert not slow, slow[:5]
