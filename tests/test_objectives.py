@@ -60,7 +60,9 @@ def test_one_and_eight_devices_agree(objective):
     assert len(jax.devices()) == 8
     l1, s1, _ = run_steps(objective, 1, steps=2, **SGD)
     l8, s8, _ = run_steps(objective, 8, steps=2, **SGD)
-    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    # atol: the RBM's loss is a difference of free energies, near 0 (-0.027) where
+    # a rounding difference in either term is a larger relative one.
+    np.testing.assert_allclose(l1, l8, rtol=1e-5, atol=1e-5)
     # The GAN keeps its own Adam optimizers (lr 2e-4), which move a parameter by
     # up to lr per step whatever the size of its gradient: float-level noise in a
     # near-zero gradient can flip that, so parameters agree to 2·lr per step.

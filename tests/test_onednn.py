@@ -28,7 +28,14 @@ def _xla(x, w, strides, pads):
 @needs_compiler
 @pytest.mark.parametrize(
     "n,h,c,o,k,s,p",
-    [(2, 8, 3, 5, 3, 1, 1), (3, 9, 4, 6, 3, 2, 1), (2, 8, 4, 8, 1, 2, 0), (2, 16, 3, 8, 7, 2, 3)],
+    [
+        (2, 8, 3, 5, 3, 1, 1),
+        (3, 9, 4, 6, 3, 2, 1),
+        (2, 8, 4, 8, 1, 2, 0),  # a 1x1 stride-2 shortcut: the last row and column unread
+        (2, 8, 4, 8, 3, 2, 0),  # 3x3, stride 2, no padding: the last row and column unread
+        (2, 8, 4, 8, 1, 2, 1),  # 1x1 with padding: read to the last row
+        (2, 16, 3, 8, 7, 2, 3),
+    ],
 )
 def test_conv_and_its_gradients_equal_xla(n, h, c, o, k, s, p):
     onednn.load()

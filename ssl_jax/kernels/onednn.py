@@ -121,17 +121,22 @@ def _attrs(strides, pads) -> dict:
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, w, strides, pads):
     """oneDNN's convolution of x [N, H, W, C] with w [KH, KW, C, O] (float32);
     ``strides`` (sh, sw), ``pads`` ((top, bottom), (left, right)), as lax's."""
+    x, strides, pads = _used_rows(x, w.shape, tuple(strides), tuple(pads))
+    return _dnnl_conv2d(x, w, strides, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dnnl_conv2d(x, w, strides, pads):
     oh, ow = ((x.shape[1 + i] + sum(pads[i]) - w.shape[i]) // strides[i] + 1 for i in range(2))
     out = jax.ShapeDtypeStruct((x.shape[0], oh, ow, w.shape[3]), x.dtype)
     return jax.ffi.ffi_call("DnnlConvFwd", out)(x, w, **_attrs(strides, pads))
 
 
 def _conv2d_fwd(x, w, strides, pads):
-    return conv2d(x, w, strides, pads), (x, w)
+    return _dnnl_conv2d(x, w, strides, pads), (x, w)
 
 
 def _conv2d_bwd(strides, pads, res, dy):
@@ -142,7 +147,7 @@ def _conv2d_bwd(strides, pads, res, dy):
     return dx, dw
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_dnnl_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -173,6 +178,26 @@ def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, 
     )
     small_and_wide = oh * ow <= XLA_MAX_PIXELS and rhs.shape[3] >= XLA_MIN_FEATURES
     return None if small_and_wide else pads
+
+
+def _used_rows(x, w_shape, strides, pads):
+    """(x, strides, pads) of the same convolution with x cut to the rows and
+    columns it reads. Where the stride leaves the last ones unread (a 1x1
+    stride-2 shortcut on an even map), oneDNN would see a negative padding on
+    that side, and its AVX2 weight gradient is then wrong (tests/test_onednn.py).
+    A 1x1 kernel without padding reads every stride-th pixel: x is subsampled
+    and the convolution has stride 1."""
+    reach = [
+        (x.shape[1 + i] + sum(pads[i]) - w_shape[i]) // strides[i] * strides[i] + w_shape[i]
+        for i in range(2)
+    ]  # rows and columns read, counting the padding before
+    if w_shape[:2] == (1, 1) and all(p == 0 for pair in pads for p in pair):
+        return x[:, : reach[0] : strides[0], : reach[1] : strides[1]], (1, 1), pads
+    keep = [min(x.shape[1 + i], reach[i] - pads[i][0]) for i in range(2)]
+    if keep == [x.shape[1], x.shape[2]]:
+        return x, strides, pads
+    pads = tuple((lo, max(0, reach[i] - lo - keep[i])) for i, (lo, _) in enumerate(pads))
+    return x[:, : keep[0], : keep[1]], strides, pads
 
 
 def conv_general_dilated(
