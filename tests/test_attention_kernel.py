@@ -3,7 +3,6 @@ and, in a whole MAE, the fused GELU and LayerNorm beside it (tests/test_vit_kern
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ from ssl_jax.kernels import attention, native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_compiler = pytest.mark.skipif(
-    not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")),
+    native.compiler() is None,
     reason="no C++ compiler to build the attention kernels",
 )
 

@@ -1,17 +1,11 @@
 """The bench scripts run (at toy sizes), so they cannot rot."""
 
 import math
-import os
-import shutil
 
 import pytest
 
 from experiments.bench import throughput
-
-
-def native_kernels_build() -> bool:
-    """Whether ssl_jax's C++ CPU kernels can be built here (a compiler exists)."""
-    return bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++"))
+from ssl_jax.kernels import native
 
 
 @pytest.mark.slow
@@ -39,7 +33,7 @@ def test_throughput_times_objectives_steps_at_toy_size():
     )
     names = ["gan", "gan@objective.kw.up_kernel=2", "rbm", "mae", "semisup"]
     # Each with XLA's kernels, then with ssl_jax's CPU kernels where they build.
-    jobs = ["step/eigen", "step/cpu kernels"] if native_kernels_build() else ["step/eigen"]
+    jobs = ["step/eigen", "step/cpu kernels"] if native.compiler() else ["step/eigen"]
     assert [(r["model"], r["job"]) for r in rows] == [(n, j) for n in names for j in jobs]
     assert all(r["images_s"] > 0 and r["ratio"] > 0 for r in rows)
     assert all(r["ratio"] == 1.0 for r in rows if r["job"] == "step/eigen")
@@ -54,7 +48,7 @@ def test_conv_layer_bench_runs_at_toy_size_and_its_variants_agree(capsys):
     rows = conv_layers.main(["--toy"])
     # 4 stages × (4 fwd + 3 dX + 4 dW + 2 layout), and oneDNN's 3 passes where it builds
     assert len(rows) in (4 * 13, 4 * 16)
-    assert (len(rows) == 4 * 16) == (shutil.which("g++") is not None)
+    assert (len(rows) == 4 * 16) == (native.compiler() is not None)
     for r in rows:
         assert r["ms"] > 0
         if r["pass"] != "layout":  # the matmul forms compute the same convolution
@@ -76,7 +70,7 @@ def test_resnet_parts_bench_runs_at_toy_size(capsys):
     assert "per-channel sum, ones @ x" in names and "ssl_jax BatchNorm forward+backward" in names
     assert any(n.endswith("convs, flax BatchNorm") for n in names)
     assert any(n.endswith("convs, no BatchNorm") for n in names)
-    assert ("onednn convs at every map size" in names) == (shutil.which("g++") is not None)
+    assert ("onednn convs at every map size" in names) == (native.compiler() is not None)
     assert all(r["ms"] > 0 for r in rows)
     assert "| per-channel sum, XLA reduce |" in capsys.readouterr().out
 
@@ -153,8 +147,13 @@ def test_peer_bench_ratio_is_against_the_fastest_peer_setting():
 @pytest.mark.slow
 def test_vit_variant_bench_runs_at_toy_size(capsys):
     from experiments.bench import vit_variants
+    from ssl_jax.kernels import attention, gelu, layernorm
 
-    rows, outs = vit_variants.main(["--toy"])
+    kernels = (attention, gelu, layernorm)
+    modes = [k.mode() for k in kernels]
+    fused = ["--cpu-attention", "fused", "--cpu-norm-gelu", "fused"] if native.compiler() else []
+    rows, outs = vit_variants.main(["--toy", *fused])
+    assert [k.mode() for k in kernels] == modes  # as they were before the bench
     assert [r["variant"] for r in rows] == list(vit_variants.VARIANTS)
     assert all(r["ms"] > 0 for r in rows)
     # The options recompile the very same function: the same loss.

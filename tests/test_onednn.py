@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -11,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.kernels import onednn
+from ssl_jax.kernels import native, onednn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_compiler = pytest.mark.skipif(
-    not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")),
+    native.compiler() is None,
     reason="no C++ compiler to build the oneDNN kernels",
 )
 

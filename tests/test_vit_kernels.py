@@ -2,7 +2,6 @@
 LayerNorm (ssl_jax/kernels/layernorm.py, config.cpu_layernorm) of the ViT blocks."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from ssl_jax.models import vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_compiler = pytest.mark.skipif(
-    not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")),
+    native.compiler() is None,
     reason="no C++ compiler to build the kernels",
 )
 
@@ -197,10 +196,11 @@ def test_the_kernels_vectors_fit_this_machines_registers(module, tmp_path):
     """Compiled as ssl_jax builds them, no vector operation of ours is expanded
     piecewise: 64-byte vectors on a machine without AVX-512 made the attention
     kernel 8x slower than XLA's (experiments/bench/RESULTS.md)."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    cmd = [cxx, "-std=c++17", "-fPIC", "-c", module.SOURCE, "-o", str(tmp_path / "k.o")]
-    cmd += ["-I", jax.ffi.include_dir(), "-I", os.path.dirname(native.HEADERS[0])]
-    cmd += [*native.FusedKernel.ARGS, "-Wvector-operation-performance", "-Wpsabi"]
+    warnings = ["-Wvector-operation-performance", "-Wpsabi"]
+    out = str(tmp_path / "k.so")
+    cmd = native.compile_command(
+        native.compiler(), module.SOURCE, out, native.FusedKernel.ARGS, warnings
+    )
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     ours = [line for line in done.stderr.splitlines() if "ssl_jax/kernels/" in line]

@@ -301,9 +301,18 @@ def main(argv=None):
     )
     p.add_argument("--toy", action="store_true", help="tiny sizes: checks the script runs")
     a = p.parse_args(argv)
-    attention.configure(a.cpu_attention)
-    gelu.configure(a.cpu_norm_gelu)
-    layernorm.configure(a.cpu_norm_gelu)
+    kernels = {attention: a.cpu_attention, gelu: a.cpu_norm_gelu, layernorm: a.cpu_norm_gelu}
+    before = {k: k.mode() for k in kernels}
+    try:
+        for kernel, mode in kernels.items():
+            kernel.configure(mode)
+        return _run(a)
+    finally:  # called in-process (tests), leave the modes as they were
+        for kernel, mode in before.items():
+            kernel.configure(mode)
+
+
+def _run(a):
     if a.toy:
         a.batch, a.tokens, a.width, a.depth, a.heads, a.mlp, a.repeats = 2, 4, 16, 1, 2, 32, 1
     names = [BASE, *[n for n in a.variants if n != BASE]]

@@ -49,6 +49,21 @@ def _cpu_id() -> bytes:
 HEADERS = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "simd.h"),)
 
 
+def compiler() -> str | None:
+    """The C++ compiler the kernels are built with: ``$CXX``, else g++ or c++."""
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def compile_command(cxx: str, source: str, out: str, args, warnings=()) -> list[str]:
+    """The command that builds ``source`` into the shared library ``out`` with
+    the extra compiler and linker ``args``; the compiler's warnings are off
+    unless ``warnings`` (flags) names some (a test turns on those that flag slow
+    vector code)."""
+    cmd = [cxx, "-std=c++17", "-shared", "-fPIC", source, "-o", out]
+    cmd += ["-I", jax.ffi.include_dir(), "-I", os.path.dirname(HEADERS[0]), *args]
+    return cmd + (list(warnings) or ["-w"])
+
+
 def build_library(name: str, source: str, args: list[str], what: str, force: bool = False) -> str:
     """Compiles ``source`` (once; again with ``force``) with the extra compiler and
     linker ``args``; returns the .so path. ``what`` names the kernels in messages.
@@ -64,14 +79,13 @@ def build_library(name: str, source: str, args: list[str], what: str, force: boo
     if os.path.exists(out) and not force:
         return out
     print(f"building the {what} (once) into {out}", file=sys.stderr)
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    cxx = compiler()
     if not cxx:
         raise Unavailable(f"no C++ compiler found to build the {what} (set $CXX)")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
     os.close(fd)
-    cmd = [cxx, "-std=c++17", "-shared", "-fPIC", "-w", source, "-o", tmp]
-    cmd += ["-I", jax.ffi.include_dir(), "-I", os.path.dirname(HEADERS[0]), *args]
+    cmd = compile_command(cxx, source, tmp, args)
     try:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True)

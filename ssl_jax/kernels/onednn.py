@@ -124,7 +124,7 @@ def _attrs(strides, pads) -> dict:
 def conv2d(x, w, strides, pads):
     """oneDNN's convolution of x [N, H, W, C] with w [KH, KW, C, O] (float32);
     ``strides`` (sh, sw), ``pads`` ((top, bottom), (left, right)), as lax's."""
-    x, strides, pads = _used_rows(x, w.shape, tuple(strides), tuple(pads))
+    x, strides, pads = _read_region(x, w.shape, tuple(strides), tuple(pads))
     return _dnnl_conv2d(x, w, strides, pads)
 
 
@@ -180,7 +180,7 @@ def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, 
     return None if small_and_wide else pads
 
 
-def _used_rows(x, w_shape, strides, pads):
+def _read_region(x, w_shape, strides, pads):
     """(x, strides, pads) of the same convolution with x cut to the rows and
     columns it reads. Where the stride leaves the last ones unread (a 1x1
     stride-2 shortcut on an even map), oneDNN would see a negative padding on
