@@ -195,7 +195,7 @@ def test_layer_norm_module_routes_by_mode_device_count_and_dtype(monkeypatch):
 def test_the_kernels_vectors_fit_this_machines_registers(module, tmp_path):
     """Compiled as ssl_jax builds them, no vector operation of ours is expanded
     piecewise: 64-byte vectors on a machine without AVX-512 made the attention
-    kernel 8x slower than XLA's (experiments/bench/RESULTS.md)."""
+    kernel 5x slower than XLA's (experiments/bench/RESULTS.md)."""
     warnings = ["-Wvector-operation-performance", "-Wpsabi"]
     out = str(tmp_path / "k.so")
     cmd = native.compile_command(
