@@ -45,7 +45,7 @@ def per_class(workdir: str):
     test = ds.splits["test"]
     mesh = parallel.make_mesh(1)
     model, params, model_state, _ = transfer.load_best(config, best_dir(workdir), mesh, ds)
-    predictor = transfer.predictor(config, model, mesh, test.images.shape[-1], views=0)
+    predictor = transfer.predictor(config, model, mesh, views=0)
     pred = np.asarray(predictor(params, model_state, test.images)).argmax(1)
     y = np.asarray(test.labels)
     recall = [float(np.mean(pred[y == c] == c)) for c in range(ds.num_classes)]

@@ -33,10 +33,9 @@ def accuracies(workdir: str, views: list[int]) -> dict:
     ds = common.dataset(config)
     mesh = parallel.make_mesh(1)
     model, params, model_state, _ = transfer.load_best(config, best_dir(workdir), mesh, ds)
-    channels = ds.splits["train"].images.shape[-1]
     out = {}
     for n in views:
-        predictor = transfer.predictor(config, model, mesh, channels, views=n)
+        predictor = transfer.predictor(config, model, mesh, views=n)
         for split in ("val", "test"):
             out[split, n] = predictor.accuracy(params, model_state, ds.splits[split])
     return out

@@ -106,15 +106,15 @@ class Predictor:
         return float(np.mean(probs.argmax(-1) == split.labels[:n]))
 
 
-def predictor(config, model, mesh, channels: int, batch_size: int = 0, views: int | None = None):
+def predictor(config, model, mesh, batch_size: int = 0, views: int | None = None):
     """The Predictor of the stages: ``pp.eval``, plus ``eval.tta_views`` views of
-    ``pp.weak`` when that is > 0 (``views`` overrides it) for images of ``channels``."""
+    ``pp.weak`` when that is > 0 (``views`` overrides it)."""
     from ssl_jax import pp as pp_lib
 
     views = config.eval.tta_views if views is None else views
     pp_views = None
     if views:
-        chunk = pp_lib.chunk_size_for(config.pp.chunk_size, channels)
+        chunk = pp_lib.chunk_size_for(config.pp.chunk_size)
         pp_views = pp_lib.build(config.pp.weak, chunk_size=chunk, mesh=mesh)
     return Predictor(
         model,

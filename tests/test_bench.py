@@ -222,3 +222,16 @@ def test_augment_ops_bench_runs_at_toy_size_and_the_forms_agree(capsys):
     assert [r["name"] for r in crop] == list(augment_ops.CROPS) * 2  # 224 and MNIST's view
     assert all(r["error"] < 1e-4 for r in crop)
     assert "| view 1 |" in capsys.readouterr().out
+
+
+def test_augment_chunks_bench_times_every_way_and_they_give_the_same_views():
+    from experiments.bench import augment_ops
+
+    recipes = ["CIFAR views", "MNIST strong"]
+    rows = augment_ops.main(["--toy", "--parts", "chunks", "--recipes", *recipes])
+    ways = ["one at a time (1)", "chunks of 2", "one vmap (0)"]
+    assert [(r["recipe"], r["side"], r["name"]) for r in rows] == [
+        (recipe, side, way) for side in (8, 16) for recipe in recipes for way in ways
+    ]
+    assert all(r["ms"] > 0 for r in rows)
+    assert all(r["diff"] < 1e-4 for r in rows)

@@ -185,7 +185,7 @@ def _predictor_setup(views, pp_views=None, devices=1, batch_size=8):
     images = np.random.RandomState(0).randint(0, 256, (20, 8, 8, 1)).astype(np.uint8)
     pp_eval = pp_lib.build("value_range(-1, 1)", chunk_size=None)
     if pp_views is None:
-        pred = transfer.predictor(config, model, mesh, 1, batch_size=batch_size, views=views)
+        pred = transfer.predictor(config, model, mesh, batch_size=batch_size, views=views)
     else:
         pred = transfer.Predictor(model, pp_eval, mesh, 8, pp_views=pp_views, views=views)
     plain = transfer.Predictor(model, pp_eval, mesh, 8)

@@ -416,16 +416,59 @@ def test_build_views():
     np.testing.assert_allclose(swapped["view1"], out["view1"], atol=1e-5)
 
 
-def test_auto_chunk_size_is_one_example_at_a_time_only_for_colour_on_cpu(monkeypatch):
+def _op_names(spec):
+    return [name for name, _, _ in parse(spec)]
+
+
+def test_auto_chunk_size_picks_vmap_only_for_small_images_and_cheap_ops(monkeypatch):
+    from configs import common
     from ssl_jax.pp import chunk_size_for
+    from ssl_jax.pp.builder import AUTO, auto_chunk_size
+
+    cifar_weak = "random_crop(32, padding=4, padding_mode='reflect')|flip_lr|normalize(0.5, 0.5)"
+    cifar_strong = "random_crop(32, padding=4)|flip_lr|rand_augment(2)|cutout(0.5)"
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    for spec, shape in (
+        (common.CIFAR_VIEW, (32, 32, 3)),
+        (cifar_weak, (32, 32, 3)),
+        (common.MNIST_VIEW, (28, 28, 1)),
+        (common.MNIST_WEAK, (28, 28, 1)),
+    ):
+        assert auto_chunk_size(_op_names(spec), shape) == 256, spec
+        # larger colour images: one at a time; grayscale stays vmapped
+        larger = auto_chunk_size(_op_names(spec), (33, 32, shape[2]))
+        assert larger == (256 if shape[2] == 1 else 1), spec
+    for spec, shape in (
+        (cifar_strong, (32, 32, 3)),  # RandAugment: every op computed under vmap
+        (common.MNIST_STRONG, (28, 28, 1)),
+        (common.IMAGENET_VIEW1, (32, 32, 3)),  # the blur
+        (common.IMAGENET_VIEW1, (256, 256, 3)),
+    ):
+        assert auto_chunk_size(_op_names(spec), shape) == 1, spec
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert auto_chunk_size(_op_names(common.IMAGENET_VIEW1), (256, 256, 3)) == 64
+    assert chunk_size_for(-1) == AUTO
+    assert chunk_size_for(0) is None and chunk_size_for(16) == 16
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_size_for(-2)
+
+
+@pytest.mark.parametrize("side, one_at_a_time", [(8, False), (40, True)])
+def test_auto_chunk_size_is_resolved_from_the_traced_images(monkeypatch, side, one_at_a_time):
+    from ssl_jax.pp.builder import AUTO
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    assert chunk_size_for(-1, 3) == 1 and chunk_size_for(-1, 1) == 64
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert chunk_size_for(-1, 3) == 64
-    assert chunk_size_for(0, 3) is None and chunk_size_for(16, 3) == 16
-    with pytest.raises(ValueError, match="chunk_size"):
-        chunk_size_for(-2, 3)
+    fn = build("flip_lr|grayscale(p=0.5)", chunk_size=AUTO)
+    x = jnp.zeros((6, side, side, 3))
+    jaxpr = str(jax.make_jaxpr(fn)(jax.random.PRNGKey(0), x))
+    # one at a time: lax.map over the 6 examples (a scan) with real branches (cond)
+    assert ("length=6" in jaxpr and "cond[" in jaxpr) == one_at_a_time
+    assert ("scan[" in jaxpr) == one_at_a_time
+    np.testing.assert_allclose(
+        fn(jax.random.PRNGKey(0), x + 0.5),
+        build("flip_lr|grayscale(p=0.5)", chunk_size=None)(jax.random.PRNGKey(0), x + 0.5),
+        atol=1e-6,
+    )
 
 
 STRONG = (  # self-training's MNIST strong view (configs/common.py)

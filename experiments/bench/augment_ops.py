@@ -34,6 +34,17 @@ cost depends on where it sits. Alone in the one-example loop body
 2026-12-05; inside colour jitter's random-order ``lax.switch``, as the views
 run it, the new form adds ~0.2 ms to the other three parts.
 
+Part 5 (``chunks``): whole views at several image sides (``--sides``), in
+each of the ways ``pp.build`` can batch them: one example at a time
+(``chunk_size=1``), vmapped chunks (``--chunks``), and one vmap over the
+batch (0). The recipes of ``configs/common.py``, each with its crop set to
+the side: SimCLR's two CIFAR views (crop, flip, colour jitter, grayscale, no
+blur), the two ImageNet views (blur, solarize; sources 8/7 larger than the
+side), FixMatch's weak and strong CIFAR views (pad and crop, flip; then
+RandAugment and cutout), and MNIST's two SimCLR views, weak and strong views
+(grayscale). Sources have the side unless said. ``pp.build``'s auto choice
+(``chunk_size=-1``) was set by what this part measured.
+
 All settings of a part run in turn (A B A B ...) in one process, medians of
 ``--repeats``.
 """
@@ -173,13 +184,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument(
         "--parts",
         nargs="+",
-        choices=("ops", "blur", "hue", "crop"),
+        choices=("ops", "blur", "hue", "crop", "chunks"),
         default=["ops", "blur", "hue", "crop"],
     )
+    p.add_argument("--sides", type=int, nargs="+", default=[32, 64, 96, 128, 160, 224])
+    p.add_argument("--chunks", type=int, nargs="+", default=[8, 64], help="besides 1 and 0")
+    p.add_argument("--recipes", nargs="+", default=[], help="part chunks: these only (names)")
     p.add_argument("--toy", action="store_true", help="batch 4, 32 from 40, 1 repeat")
     a = p.parse_args(argv)
     if a.toy:
         a.batch, a.size, a.source, a.repeats = 4, 32, 40, 1
+        a.sides, a.chunks = [8, 16], [2]
     rng = np.random.default_rng(0)
     src = jnp.asarray(rng.integers(0, 256, (a.batch, a.source, a.source, 3), dtype=np.uint8))
     img = jnp.asarray(rng.random((a.batch, a.size, a.size, 3), dtype=np.float32))
@@ -204,6 +219,89 @@ def main(argv=None) -> list[dict]:
         rows += _op_forms(
             a, "crop", title, common.MNIST_VIEW, "crop_linear", CROPS, digits, key, 64
         )
+    if "chunks" in a.parts:
+        rows += _chunks(a, rng, key)
+    return rows
+
+
+def chunk_recipes(side: int) -> dict:
+    """{recipe: (views, source side, channels)} at output side ``side``: the
+    configs' recipes (``configs/common.py``) with their crop set to ``side``."""
+    from configs import simclr
+
+    cifar = common.CIFAR_VIEW.replace("random_resized_crop(32", f"random_resized_crop({side}")
+    crop = ("random_resized_crop(224)", f"random_resized_crop({side})")
+    imagenet = [common.IMAGENET_VIEW1.replace(*crop), common.IMAGENET_VIEW2.replace(*crop)]
+    pp = simclr.get_config("cifar10").pp  # FixMatch's views of CIFAR (self-training)
+    weak, strong = (
+        v.replace("random_crop(32", f"random_crop({side}") for v in (pp.weak, pp.strong)
+    )
+    mnist = {
+        name: v.replace("random_resized_crop(28", f"random_resized_crop({side}")
+        for name, v in (("view", common.MNIST_VIEW), ("weak", common.MNIST_WEAK))
+    }
+    return {
+        "CIFAR views": ([cifar, cifar], side, 3),
+        "ImageNet views": (imagenet, round(side * 8 / 7), 3),
+        "CIFAR weak": ([weak], side, 3),
+        "CIFAR strong": ([strong], side, 3),
+        "MNIST views": ([mnist["view"]] * 2, side, 1),
+        "MNIST weak": ([mnist["weak"]], side, 1),
+        "MNIST strong": ([common.MNIST_STRONG], side, 1),
+    }
+
+
+def _chunks(a, rng, key) -> list[dict]:
+    """Each recipe at each side, built with every chunk size, timed in turn."""
+    rows = []
+    settings = {
+        "one at a time (1)": 1,
+        **{f"chunks of {c}": c for c in a.chunks},
+        "one vmap (0)": 0,
+    }
+    print("\n| recipe | side | " + " | ".join(f"{k}: ms an image" for k in settings), end="")
+    print(" | fastest | spreads | max diff |\n|---|---|" + "---|" * (len(settings) + 3))
+    for side in a.sides:
+        for recipe, (views, source, channels) in chunk_recipes(side).items():
+            if a.recipes and recipe not in a.recipes:
+                continue
+            shape = (a.batch, source, source, channels)
+            src = jnp.asarray(rng.integers(0, 256, shape, dtype=np.uint8))
+            fns = {}
+            for name, chunk in settings.items():
+                f = jax.jit(
+                    pp.build_views(
+                        {f"v{i}": v for i, v in enumerate(views)}, chunk_size=chunk or None
+                    )
+                )
+                fns[name] = lambda f=f, x=src: f(key, x)
+            # The same views whichever way they are batched (float rounding aside).
+            outs = {k: jax.tree.leaves(f()) for k, f in fns.items()}
+            ref = next(iter(outs.values()))
+            diff = max(
+                float(jnp.abs(o - r).max())
+                for out in outs.values()
+                for o, r in zip(out, ref, strict=True)
+            )
+            times = _time(fns, a.repeats)
+            ms = {k: 1000 * t[0] / a.batch for k, t in times.items()}
+            best = min(ms, key=ms.get)
+            for name, (_, spread, _) in times.items():
+                rows.append(
+                    {
+                        "part": "chunks",
+                        "recipe": recipe,
+                        "side": side,
+                        "name": name,
+                        "chunk": settings[name],
+                        "ms": ms[name],
+                        "spread": spread,
+                        "diff": diff,
+                    }
+                )
+            cells = " | ".join(f"{v:.3f}" for v in ms.values())
+            spreads = ", ".join(f"{t[1]:.0%}" for t in times.values())
+            print(f"| {recipe} | {side} | {cells} | {best} | {spreads} | {diff:.1e} |", flush=True)
     return rows
 
 

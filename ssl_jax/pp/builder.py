@@ -20,6 +20,28 @@ from ssl_jax.pp.ops import OPS
 BatchFn = Callable[[jax.Array, jax.Array], jax.Array]
 _OPEN, _CLOSE = "([{", ")]}"
 
+# ``build(chunk_size=AUTO)`` (config.pp.chunk_size = -1) picks per pipeline and
+# input size; see auto_chunk_size.
+AUTO = -1
+# Ops that run as fast under vmap as one example at a time on small images: the
+# ops of SimCLR's CIFAR and MNIST views and of FixMatch's weak views.
+VMAP_OPS = frozenset(
+    {
+        "random_resized_crop",
+        "random_crop",
+        "random_affine",
+        "flip_lr",
+        "color_jitter",
+        "grayscale",
+        "normalize",
+        "value_range",
+    }
+)
+# Colour images of at most this many pixels count as small (32x32). Above it,
+# random_resized_crop resizes by gathers instead of matmuls, and vmapped
+# gathers on colour images are slow.
+SMALL_PIXELS = 32 * 32
+
 
 def _split_top_level(spec: str) -> list[str]:
     """Splits on ``|`` outside brackets and string literals."""
@@ -128,10 +150,11 @@ def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
     result as the unchunked path. ``chunk_size=1`` runs the examples one by
     one without vmap: random choices (an op's probability, colour jitter's
     order) are then real branches, and only the chosen one is computed; on a
-    2-core CPU that was 4.8x faster than chunks of 64 for SimCLR's 224x224
-    views and 1.75x for the CIFAR ones (experiments/bench/RESULTS.md), but
-    slower for 28x28 grayscale MNIST views, whose ops are too small to
-    amortise a loop iteration (experiments/bench/README.md).
+    2-core CPU that was about 2x faster than chunks of 64 for SimCLR's
+    224x224 views, but slower for small images whose ops are too cheap to
+    amortise a loop iteration. ``chunk_size=AUTO`` (-1) picks one of the two
+    when the function is traced, from the ops of ``spec`` and the images'
+    size (``auto_chunk_size``).
 
     ``mesh``: the device mesh the batch is sharded on (its ``data`` axis).
     With more than one device the chunked paths run under ``shard_map``, so
@@ -139,8 +162,9 @@ def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
     axis would otherwise gather the whole batch onto every device and repeat
     the work there. Results are the same as on one device.
     """
-    fns = []
+    fns, names = [], []
     for name, args, kwargs in parse(spec):
+        names.append(name)
         try:
             fns.append(OPS[name](*args, **kwargs))
         except (TypeError, ValueError) as e:
@@ -153,12 +177,13 @@ def build(spec: str, *, chunk_size: int | None = 64, mesh=None) -> BatchFn:
 
     def rows(keys, x):  # [b, ...] keys and images, all on one device or this device's rows
         b = x.shape[0]
-        if chunk_size == 1:
+        chunk = auto_chunk_size(names, x.shape[1:]) if chunk_size == AUTO else chunk_size
+        if chunk == 1:
             return jax.lax.map(lambda kx: one(*kx), (keys, x))
-        if chunk_size and b > chunk_size and b % chunk_size == 0:
-            n = b // chunk_size
-            xs = x.reshape(n, chunk_size, *x.shape[1:])
-            ks = keys.reshape(n, chunk_size, *keys.shape[1:])
+        if chunk and b > chunk and b % chunk == 0:
+            n = b // chunk
+            xs = x.reshape(n, chunk, *x.shape[1:])
+            ks = keys.reshape(n, chunk, *keys.shape[1:])
             out = jax.lax.map(lambda kx: jax.vmap(one)(*kx), (ks, xs))
             return out.reshape(b, *out.shape[2:])
         return jax.vmap(one)(keys, x)
@@ -198,16 +223,40 @@ def _example_keys(key, n: int) -> jax.Array:
     return key
 
 
-def chunk_size_for(setting: int, channels: int) -> int | None:
-    """The ``chunk_size`` that ``config.pp.chunk_size`` asks for: -1 (auto) is 1
-    (one example at a time) for colour images on the CPU backend, where it
-    measured faster, and chunks of 64 elsewhere (on GPU/TPU many small
-    per-example kernels would serialise); 0 is one vmap over the whole batch."""
-    if setting == -1:
-        return 1 if jax.default_backend() == "cpu" and channels > 1 else 64
-    if setting < -1:
+def chunk_size_for(setting: int) -> int | None:
+    """The ``chunk_size`` of ``build`` that ``config.pp.chunk_size`` asks for:
+    -1 is ``AUTO`` (``auto_chunk_size`` picks per pipeline and image size), 0
+    one vmap over the whole batch (None), n > 0 chunks of n."""
+    if setting < AUTO:
         raise ValueError(f"pp.chunk_size must be -1 (auto), 0 (no chunks) or > 0, got {setting}")
     return setting or None
+
+
+def auto_chunk_size(op_names, image_shape) -> int:
+    """The chunk size ``build(chunk_size=AUTO)`` uses for a pipeline of the ops
+    ``op_names`` on input images of ``image_shape`` ([H, W, C]).
+
+    On GPU/TPU: chunks of 64 (many small per-example kernels would serialise).
+    On the CPU backend, by what ``experiments/bench/augment_ops.py --parts
+    chunks`` measured on a 2-core CPU (experiments/bench/RESULTS.md):
+      * vmapped chunks of 256 (one vmap for batches up to 256) where every op
+        is in ``VMAP_OPS`` and the images are grayscale or small (at most
+        ``SMALL_PIXELS``): SimCLR's CIFAR and MNIST views and FixMatch's weak
+        views ran 1.6-4.8x faster than one example at a time at 28x28 and
+        32x32 (MNIST's views 3.5x at 48x48), where loop overhead dominates
+        ops on so few pixels;
+      * otherwise one example at a time, with real branches: under vmap every
+        branch of a random choice is computed (each of RandAugment's ops, a
+        blur that fires for 1 example in 10), and on larger colour images the
+        crop's gathers are slow. FixMatch's strong views (RandAugment,
+        cutout) ran 1.1-5.3x faster one at a time even at 28x28 and 32x32,
+        and SimCLR's CIFAR and ImageNet views at 48x48 and above 1.1-2.1x.
+    """
+    if jax.default_backend() != "cpu":
+        return 64
+    h, w, c = image_shape
+    cheap = set(op_names) <= VMAP_OPS
+    return 256 if cheap and (c == 1 or h * w <= SMALL_PIXELS) else 1
 
 
 def build_views(views: dict[str, str], *, chunk_size: int | None = 64, mesh=None) -> Callable:

@@ -109,7 +109,7 @@ class PretrainModel:
         if missing:
             raise ValueError(f"objective {config.objective.name!r} needs pp.views {missing}")
         views = {v: config.pp.views[v] for v in self.objective.views}
-        chunk = pp_lib.chunk_size_for(config.pp.chunk_size, image_shape[-1])
+        chunk = pp_lib.chunk_size_for(config.pp.chunk_size)
         self.views_fn = pp_lib.build_views(views, chunk_size=chunk, mesh=mesh)
         self.eval_fn = pp_lib.build(config.pp.eval, chunk_size=None)
         pc = config.pretrain

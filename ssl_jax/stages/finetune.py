@@ -123,9 +123,9 @@ def run(config, workdir: str, mesh) -> dict:
     else:
         raise ValueError(f"unknown finetune.init {fc.init!r}: pretrain or scratch")
     labels = store.label_array()
-    chunk = pp_lib.chunk_size_for(config.pp.chunk_size, shape[-1])
+    chunk = pp_lib.chunk_size_for(config.pp.chunk_size)
     weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh)
-    predictor = transfer.predictor(config, model, mesh, shape[-1])
+    predictor = transfer.predictor(config, model, mesh)
     best = transfer.Best(os.path.join(sdir, "best"))
     writer = metrics.MetricWriter(sdir)
     t0 = time.perf_counter()

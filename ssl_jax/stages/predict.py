@@ -72,8 +72,7 @@ def run(config, workdir: str, mesh) -> dict:
     store = common.label_store(config, workdir, ds)
     pool = ds.splits["train"]
     model, params, model_state, _ = transfer.load_best(config, final_model_dir(workdir), mesh, ds)
-    channels = pool.images.shape[-1]
-    predictor = transfer.predictor(config, model, mesh, channels, config.predict.batch_size)
+    predictor = transfer.predictor(config, model, mesh, config.predict.batch_size)
     probs = predictor(params, model_state, pool.images)
     rows = prediction_rows(pool.ids, probs, store, ds.class_names)
     out = io.StringIO()

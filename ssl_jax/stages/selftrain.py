@@ -370,12 +370,12 @@ def run(config, workdir: str, mesh) -> dict:
         labelled_per_batch=sc.labelled_batch,
         balanced=sc.balanced,
     )
-    chunk = pp_lib.chunk_size_for(config.pp.chunk_size, shape[-1])
+    chunk = pp_lib.chunk_size_for(config.pp.chunk_size)
     weak = pp_lib.build(config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh)
     strong = pp_lib.build(
         config.pp.strong or config.pp.weak or config.pp.eval, chunk_size=chunk, mesh=mesh
     )
-    predictor = transfer.predictor(config, model, mesh, shape[-1])
+    predictor = transfer.predictor(config, model, mesh)
     ckpt = checkpoint.Checkpointer(os.path.join(sdir, "checkpoints"), keep=1)
     best = transfer.Best(os.path.join(sdir, "best"))
     if ckpt.latest_step() is not None:
