@@ -84,8 +84,10 @@ def base_config() -> mlc.ConfigDict:
     c.pp.weak = ""
     c.pp.strong = ""
     # Examples per vmapped chunk of the training pipelines (lax.map over chunks).
-    # -1: auto = one example at a time (random ops branch for real) for colour
-    # images on CPU, chunks of 64 otherwise; 0: one vmap (ssl_jax/pp/builder.py).
+    # -1: auto, per pipeline and image size (pp.builder.auto_chunk_size): on
+    # CPU, vmapped chunks of 256 for cheap ops on small or grayscale images,
+    # else one example at a time (random ops branch for real); chunks of 64 on
+    # GPU/TPU. 0: one vmap; 1: one at a time.
     c.pp.chunk_size = -1
 
     c.pretrain = mlc.ConfigDict()
