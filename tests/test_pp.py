@@ -420,7 +420,7 @@ def _op_names(spec):
     return [name for name, _, _ in parse(spec)]
 
 
-def test_auto_chunk_size_picks_vmap_only_for_small_images_and_cheap_ops(monkeypatch):
+def test_auto_chunk_size_vmaps_only_cheap_ops_on_small_or_grayscale_images(monkeypatch):
     from configs import common
     from ssl_jax.pp import chunk_size_for
     from ssl_jax.pp.builder import AUTO, auto_chunk_size

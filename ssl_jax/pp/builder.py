@@ -23,8 +23,10 @@ _OPEN, _CLOSE = "([{", ")]}"
 # ``build(chunk_size=AUTO)`` (config.pp.chunk_size = -1) picks per pipeline and
 # input size; see auto_chunk_size.
 AUTO = -1
-# Ops that run as fast under vmap as one example at a time on small images: the
-# ops of SimCLR's CIFAR and MNIST views and of FixMatch's weak views.
+# Ops that ran faster under vmap than one example at a time on small images: the
+# ops of SimCLR's CIFAR and MNIST views and of FixMatch's weak views. Any other
+# op (RandAugment, blur, cutout, ops added with ``pp.register``) makes the auto
+# choice one at a time on the CPU.
 VMAP_OPS = frozenset(
     {
         "random_resized_crop",
