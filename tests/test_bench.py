@@ -234,4 +234,4 @@ def test_augment_chunks_bench_times_every_way_and_they_give_the_same_views():
         (recipe, side, way) for side in (8, 16) for recipe in recipes for way in ways
     ]
     assert all(r["ms"] > 0 for r in rows)
-    assert all(r["diff"] < 1e-4 for r in rows)
+    assert all(r["diff"] < 1e-3 for r in rows)  # share of pixels off by more than 1e-3
