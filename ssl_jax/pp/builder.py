@@ -252,7 +252,7 @@ def auto_chunk_size(op_names, image_shape) -> int:
         blur that fires for 1 example in 10), and on larger colour images the
         crop's gathers are slow. FixMatch's strong views (RandAugment,
         cutout) ran 1.1-5.3x faster one at a time even at 28x28 and 32x32,
-        and SimCLR's CIFAR and ImageNet views at 48x48 and above 1.1-2.1x.
+        and SimCLR's CIFAR and ImageNet views at 48x48 and above 1.1-2.3x.
     """
     if jax.default_backend() != "cpu":
         return 64
