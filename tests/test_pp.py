@@ -420,7 +420,7 @@ def _op_names(spec):
     return [name for name, _, _ in parse(spec)]
 
 
-def test_auto_chunk_size_vmaps_only_cheap_ops_on_small_or_grayscale_images(monkeypatch):
+def test_auto_chunk_size_picks_by_ops_and_image_size(monkeypatch):
     from configs import common
     from ssl_jax.pp import chunk_size_for
     from ssl_jax.pp.builder import AUTO, auto_chunk_size
@@ -434,10 +434,17 @@ def test_auto_chunk_size_vmaps_only_cheap_ops_on_small_or_grayscale_images(monke
         (common.MNIST_VIEW, (28, 28, 1)),
         (common.MNIST_WEAK, (28, 28, 1)),
     ):
-        assert auto_chunk_size(_op_names(spec), shape) == 256, spec
         # larger colour images: one at a time; grayscale stays vmapped
-        larger = auto_chunk_size(_op_names(spec), (33, 32, shape[2]))
-        assert larger == (256 if shape[2] == 1 else 1), spec
+        for side in (shape[0], 33, 224):
+            want = 256 if shape[2] == 1 or side == shape[0] else 1
+            if spec == cifar_weak:  # crops and flips: chunks up to 2**26 values an array
+                want = {32: 16384, 33: 16384, 224: 256}[side]
+            assert auto_chunk_size(_op_names(spec), (side, side, shape[2])) == want, spec
+    assert auto_chunk_size(_op_names(cifar_weak), (1024, 1024, 3)) == 256
+    # colour jitter is cheap under vmap on small images only (not measured larger)
+    jitter = "random_crop(64, padding=4)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1)"
+    assert auto_chunk_size(_op_names(jitter), (32, 32, 3)) == 256
+    assert auto_chunk_size(_op_names(jitter), (64, 64, 3)) == 1
     for spec, shape in (
         (cifar_strong, (32, 32, 3)),  # RandAugment: every op computed under vmap
         (common.MNIST_STRONG, (28, 28, 1)),

@@ -235,9 +235,9 @@ def chunk_recipes(side: int) -> dict:
     cifar = common.CIFAR_VIEW.replace("random_resized_crop(32", f"random_resized_crop({side}")
     crop = ("random_resized_crop(224)", f"random_resized_crop({side})")
     imagenet = [common.IMAGENET_VIEW1.replace(*crop), common.IMAGENET_VIEW2.replace(*crop)]
-    pp = simclr.get_config("cifar10").pp  # FixMatch's views of CIFAR (self-training)
+    cifar_pp = simclr.get_config("cifar10").pp  # FixMatch's views of CIFAR (self-training)
     weak, strong = (
-        v.replace("random_crop(32", f"random_crop({side}") for v in (pp.weak, pp.strong)
+        v.replace("random_crop(32", f"random_crop({side}") for v in (cifar_pp.weak, cifar_pp.strong)
     )
     mnist = {
         name: v.replace("random_resized_crop(28", f"random_resized_crop({side}")
