@@ -85,10 +85,10 @@ def base_config() -> mlc.ConfigDict:
     c.pp.strong = ""
     # Examples per vmapped chunk of the training pipelines (lax.map over chunks).
     # -1: auto, per pipeline and image size (pp.builder.auto_chunk_size): on
-    # CPU, vmapped chunks of 256 for cheap ops on small or grayscale images and
-    # for crops and flips (no resampling) at any size, else one example at a
-    # time (random ops branch for real); chunks of 64 on GPU/TPU. 0: one vmap;
-    # 1: one at a time.
+    # CPU, vmapped chunks of 256 for cheap ops on small or grayscale images,
+    # larger chunks (up to 256 MB an array) for crops and flips without
+    # resampling at any size, else one example at a time (random ops branch
+    # for real); chunks of 64 on GPU/TPU. 0: one vmap; 1: one at a time.
     c.pp.chunk_size = -1
 
     c.pretrain = mlc.ConfigDict()
