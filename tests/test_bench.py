@@ -235,3 +235,41 @@ def test_augment_chunks_bench_times_every_way_and_they_give_the_same_views():
     ]
     assert all(r["ms"] > 0 for r in rows)
     assert all(r["diff"] < 1e-3 for r in rows)  # share of pixels off by more than 1e-3
+
+
+def test_op_profile_shares_wall_time_among_ops_in_flight():
+    from experiments.bench import op_profile as prof
+
+    def op(name, start, end):  # a start event and its "end:" event, as XLA's CPU runtime
+        return [
+            {"ph": "X", "ts": start, "dur": 1.0, "name": name, "args": {"hlo_op": name}},
+            {"ph": "X", "ts": end - 0.5, "dur": 0.5, "name": f"end: {name}", "args": {}},
+        ]
+
+    # dot.1 runs twice; ffi_call.3 overlaps the first run of dot.1 for 10 us.
+    events = op("dot.1", 0, 30) + op("ffi_call.3", 20, 40) + op("dot.1", 50, 60)
+    events.append({"ph": "M", "name": "thread_name", "args": {"name": "x"}})
+    spans = prof.op_spans(events)
+    assert sorted(spans) == [(0, 30, "dot.1"), (20, 40, "ffi_call.3"), (50, 60, "dot.1")]
+    share, together, busy = prof.shares(spans)
+    assert busy == pytest.approx(50.0)  # 0-40 and 50-60; the gap is not busy
+    assert share["dot.1"] == pytest.approx(20 + 5 + 10)
+    assert share["ffi_call.3"] == pytest.approx(5 + 10)
+    assert sum(share.values()) == pytest.approx(busy)
+    assert together[(("dot", 1),)] == pytest.approx(30.0)
+    assert together[(("C++ kernel", 1), ("dot", 1))] == pytest.approx(10.0)
+    assert together[(("C++ kernel", 1),)] == pytest.approx(10.0)
+    assert prof.kind("dot_general.61") == "dot_general"
+
+
+@pytest.mark.slow
+def test_op_profile_bench_runs_at_toy_size(capsys):
+    from experiments.bench import op_profile
+
+    rows = op_profile.main(["--toy", "--job", "mae_rest", "--top", "5"])
+    kinds = {r["name"]: r for r in rows if r["table"] == "kind of op"}
+    assert any(k.startswith("dot") for k in kinds) and all(r["ms"] >= 0 for r in rows)
+    assert sum(r["of_busy"] for r in kinds.values()) == pytest.approx(1.0)
+    assert len([r for r in rows if r["table"] == "op"]) == 5
+    assert len(kinds) == 6 and "the other" in list(kinds)[-1]  # 5 kinds, then the rest
+    assert "| running together |" in capsys.readouterr().out
