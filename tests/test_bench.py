@@ -198,6 +198,21 @@ def test_vit_variant_rewrites_compute_the_same_function():
     np.testing.assert_allclose(vv.gelu_hand(z), nn.gelu(z), atol=2e-6)
     grad = jax.grad(lambda z: jnp.sum(vv.gelu_hand(z)))(z)
     np.testing.assert_allclose(grad, jax.grad(lambda z: jnp.sum(nn.gelu(z)))(z), atol=1e-5)
+    # The reoriented kernel gradient: the same value and gradients as nn.Dense's.
+    rows = x.reshape(15, 24)
+    for features in (8, 40):  # narrowing (reoriented) and widening (plain)
+        dense = vv.ReorientedDense(features)
+        p = dense.init(jax.random.PRNGKey(4), rows)
+        ref_dense = nn.Dense(features)
+
+        def loss(p, x, layer):
+            return jnp.sum(jnp.sin(layer.apply(p, x)))
+
+        np.testing.assert_allclose(dense.apply(p, rows), ref_dense.apply(p, rows), atol=1e-5)
+        g_hand = jax.grad(loss, argnums=(0, 1))(p, rows, dense)
+        g_ref = jax.grad(loss, argnums=(0, 1))(p, rows, ref_dense)
+        for a, b in zip(jax.tree.leaves(g_hand), jax.tree.leaves(g_ref), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     # The two fused attentions agree on the same parameters.
     att = vv.FusedAttention(heads=4, kind="einsum")
     p = att.init(jax.random.PRNGKey(3), x)
@@ -273,3 +288,49 @@ def test_op_profile_bench_runs_at_toy_size(capsys):
     assert len([r for r in rows if r["table"] == "op"]) == 5
     assert len(kinds) == 6 and "the other" in list(kinds)[-1]  # 5 kinds, then the rest
     assert "| running together |" in capsys.readouterr().out
+
+
+def test_dot_variants_bench_forms_agree_at_toy_size(capsys):
+    from experiments.bench import dot_variants
+
+    out = dot_variants.main(["--toy"])
+    assert [r["layer"] for r in out["wgrad"]] == [s[3] for s in dot_variants.TOY_WGRAD]
+    # Both orientations of the kernel gradient give x^T g.
+    assert all(r["diff"] < 1e-4 and r["speed"] > 0 for r in out["wgrad"])
+    assert [r["dots"] for r in out["concurrency"]] == dot_variants.TOY_CONCURRENCY
+    assert "| dots | together ms |" in capsys.readouterr().out
+
+
+def test_dot_variants_chained_dots_wait_for_the_one_before():
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench import dot_variants
+
+    xs = [jnp.full((4, 3), float(i + 1)) for i in range(3)]
+    ws = [jnp.eye(3) * (i + 1) for i in range(3)]
+    text = jax.jit(dot_variants.dots_in_turn).lower(xs, ws).as_text()
+    assert text.count("optimization_barrier") == 2  # between the 3 dots
+    together = dot_variants.dots_together(xs, ws)
+    for a, b in zip(dot_variants.dots_in_turn(xs, ws), together, strict=True):
+        assert jnp.array_equal(a, b)
+
+
+def test_model_step_jobs_build_only_the_settings_picked(monkeypatch):
+    from experiments.bench import jax_side
+
+    built = []
+
+    def fake_step(config, shape, options=None, seed=0):
+        built.append(config)
+        return (lambda n: None), 1.0
+
+    monkeypatch.setattr(jax_side, "pretrain_step", fake_step)
+    params = {"batch": 4, "steps": 1}
+    kernels = [("a", []), ("b", [])]
+    variants, info = jax_side._steps("cfg", (8, 8, 3), params, kernels, pick=lambda n: n[-1:])
+    assert list(variants) == ["b"] and len(built) == 1 and info == {}  # no FLOPs without "jit"
+    variants, info = jax_side._steps("cfg", (8, 8, 3), params, kernels)
+    assert list(variants) == ["jit", "a", "b"] and info["flops_per_item"] == 0.25
+    with pytest.raises(ValueError, match="no setting"):
+        jax_side._steps("cfg", (8, 8, 3), params, kernels, pick=lambda n: ["c"])

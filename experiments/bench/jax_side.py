@@ -100,15 +100,25 @@ def with_kernels(setting, selection, build):
             module.configure("xla")
 
 
-def _steps(config, shape, params, kernels=()):
+def _steps(config, shape, params, kernels=(), pick=None):
     """The pretraining step as ssl_jax compiles it with XLA's kernels ("jit"), and
     again with each of ``kernels`` ((setting, [(module, mode), ...]): ssl_jax's
     CPU kernels, as the config selects them) configured. FLOPs are the "jit" step's:
-    XLA does not count the work of custom calls."""
-    steps = params["steps"]
-    run, flops = pretrain_step(config, shape, EIGEN_CONV)
-    runs = {"jit": run}
+    XLA does not count the work of custom calls (no FLOPs where "jit" is not built).
+
+    ``pick(names) -> names``: which of the settings (all their names, in order)
+    to build; default all. Each compile of a full step takes tens of seconds."""
+    names = ["jit", *(setting for setting, _ in kernels)]
+    chosen = list(pick(names)) if pick else names
+    if unknown := [n for n in chosen if n not in names]:
+        raise ValueError(f"no setting {unknown} in this job; its settings: {names}")
+    steps, runs, info = params["steps"], {}, {}
+    if "jit" in chosen:
+        runs["jit"], flops = pretrain_step(config, shape, EIGEN_CONV)
+        info["flops_per_item"] = flops / params["batch"]
     for setting, selection in kernels:
+        if setting not in chosen:
+            continue
         build = functools.partial(pretrain_step, config, shape, EIGEN_CONV)
         if (own := with_kernels(setting, selection, build)) is not None:
             runs[setting] = own[0]
@@ -120,28 +130,30 @@ def _steps(config, shape, params, kernels=()):
 
         return go
 
-    return {k: timed(r) for k, r in runs.items()}, {"flops_per_item": flops / params["batch"]}
+    return {k: timed(r) for k, r in runs.items()}, info
 
 
-def simclr_step(params, peer_info=None):
+def simclr_step(params, peer_info=None, pick=None):
     """ResNet-18 (CIFAR stem), projection 512-2048-128, NT-Xent at T=0.5, LARS;
-    the step also augments both views on the device (the peer gets them ready)."""
+    the step also augments both views on the device (the peer gets them ready).
+    ``pick``: which settings to build (``_steps``)."""
     c = simclr.get_config("cifar10")
     with c.unlocked():
         c.pretrain.batch_size = params["batch"]
         if params.get("width", 1.0) != 1.0:
             c.model.kw.width = params["width"]
-    return _steps(c, (32, 32, 3), params, kernels=[ONEDNN_CONVS])
+    return _steps(c, (32, 32, 3), params, kernels=[ONEDNN_CONVS], pick=pick)
 
 
-def mae_step(params, peer_info=None):
-    """ViT-Ti/4 on 32x32, 75% masking, decoder 128 wide and 2 deep, AdamW."""
+def mae_step(params, peer_info=None, pick=None):
+    """ViT-Ti/4 on 32x32, 75% masking, decoder 128 wide and 2 deep, AdamW.
+    ``pick``: which settings to build (``_steps``)."""
     c = mae_config.get_config("cifar10")
     with c.unlocked():
         c.pretrain.batch_size = params["batch"]
         if params.get("depth") is not None:  # 0: no encoder blocks (mae_rest)
             c.model.kw.depth = params["depth"]
-    return _steps(c, (32, 32, 3), params, kernels=[FUSED_ATTENTION, VIT_KERNELS])
+    return _steps(c, (32, 32, 3), params, kernels=[FUSED_ATTENTION, VIT_KERNELS], pick=pick)
 
 
 class DenseStack(nn.Module):

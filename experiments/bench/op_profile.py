@@ -6,8 +6,9 @@
 
 The job is set up as ``peers.py`` sets it up (experiments/bench/jax_side.py,
 same parameters; ``--set`` overrides them), in one of its settings (default:
-the last, ssl_jax's defaults, e.g. the fused ViT kernels for the MAE jobs),
-warmed up, then run ``--repeats`` times under ``jax.profiler.trace``.
+the last, ssl_jax's defaults, e.g. the fused ViT kernels for the MAE jobs;
+the model steps build only that one), warmed up, then run ``--repeats``
+times under ``jax.profiler.trace``.
 
 On XLA's CPU backend each op of the compiled step leaves a start event
 (named after the HLO instruction) and an ``end: <name>`` event when it is
@@ -26,6 +27,7 @@ import argparse
 import collections
 import glob
 import gzip
+import inspect
 import json
 import os
 import re
@@ -133,7 +135,17 @@ def main(argv=None):
     params, toy, _, _ = peers.JOBS[a.job]
     params = {**params, **(toy if a.toy else {})}
     params.update(peers.parse_overrides(a.set, [params]))
-    variants, _ = jax_side.JOBS[a.job](params, None)
+    setup = jax_side.JOBS[a.job]
+    # The model steps compile a full step per setting: build only the one traced.
+    kw = {}
+    if "pick" in inspect.signature(setup).parameters:
+        kw["pick"] = lambda names: [a.setting or names[-1]]
+    try:
+        variants, _ = setup(params, None, **kw)
+    except ValueError as e:
+        sys.exit(f"--setting {a.setting!r}: {e}")
+    if not variants:
+        sys.exit(f"{a.job}: the setting {a.setting or '(the last)'} could not be built (see above)")
     setting = a.setting or list(variants)[-1]
     if setting not in variants:
         sys.exit(f"--setting {setting!r} is not one of {a.job}'s settings: {list(variants)}")

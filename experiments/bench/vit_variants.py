@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.bench import data  # noqa: E402
+from experiments.bench.dot_variants import wgrad_reoriented  # noqa: E402
 from experiments.bench.jax_side import EIGEN_CONV, grad_executable  # noqa: E402
 from ssl_jax.kernels import attention, gelu, layernorm  # noqa: E402
 from ssl_jax.models import vit  # noqa: E402
@@ -103,6 +104,40 @@ def _gelu_bwd(res, dy):
 gelu_hand.defvjp(_gelu_fwd, _gelu_bwd)
 
 
+@jax.custom_vjp
+def matmul_reoriented(x, w):
+    """``x @ w`` on rows whose kernel gradient is computed as (g^T x)^T
+    (dot_variants.wgrad_reoriented) instead of autodiff's x^T g."""
+    return x @ w
+
+
+def _matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _matmul_bwd(res, g):
+    x, w = res
+    return g @ w.T, wgrad_reoriented(x, g)
+
+
+matmul_reoriented.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class ReorientedDense(nn.Module):
+    """nn.Dense on [N, in] rows (the same parameters) through
+    ``matmul_reoriented`` where the layer narrows (in > out, the MLP's fc2);
+    a plain matmul elsewhere."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("kernel", XAVIER, (x.shape[-1], self.features))
+        narrows = w.shape[0] > w.shape[1]
+        y = matmul_reoriented(x, w) if narrows else x @ w
+        return y + self.param("bias", nn.initializers.zeros, (self.features,))
+
+
 class FusedAttention(nn.Module):
     """``kind`` "einsum" or "sdpa" (jax.nn.dot_product_attention, XLA
     implementation): one [width, 3*width] projection for q, k, v on the rows;
@@ -149,9 +184,10 @@ class Block(nn.Module):
     """vit.Block with swappable parts: attention ("ssl_jax": vit.SelfAttention
     as in vit.Block, "flax": flax's MultiHeadDotProductAttention on 3-D
     tokens, "einsum", "sdpa", "per_head", "none"), gelu ("tanh" as in vit.Block, "erf",
-    "sigmoid", "hand", "none"), norm ("flax", "hand", "none"), and ``rows``: the MLP's
+    "sigmoid", "hand", "none"), norm ("flax", "hand", "none"), ``rows``: the MLP's
     dense layers on [batch * tokens, width] rows (vit.dense_tokens, as
-    vit.Block) or on the 3-D tokens."""
+    vit.Block) or on the 3-D tokens, and ``wgrad``: the MLP's kernel gradients
+    by autodiff or "reoriented" (ReorientedDense, on rows)."""
 
     heads: int
     mlp: int
@@ -159,6 +195,7 @@ class Block(nn.Module):
     gelu: str = "tanh"
     norm: str = "flax"
     rows: bool = True
+    wgrad: str = "autodiff"
 
     def _norm(self, x):
         if self.norm == "none":
@@ -166,6 +203,8 @@ class Block(nn.Module):
         return HandLayerNorm()(x) if self.norm == "hand" else nn.LayerNorm(epsilon=1e-6)(x)
 
     def _dense(self, features, x):
+        if self.wgrad == "reoriented":
+            return vit.dense_tokens(ReorientedDense(features), x)
         layer = nn.Dense(features, kernel_init=XAVIER)
         return vit.dense_tokens(layer, x) if self.rows else layer(x)
 
@@ -224,6 +263,7 @@ VARIANTS = {
     "GELU with hand-written backward": ("rewrite", {"gelu": "hand"}, {}),
     "GELU recomputed in the backward (jax.checkpoint)": ("rewrite", {"gelu": "remat"}, {}),
     "LayerNorm with hand-written backward": ("rewrite", {"norm": "hand"}, {}),
+    "MLP fc2's kernel gradient as (g^T x)^T": ("rewrite", {"wgrad": "reoriented"}, {}),
     "exact (erf) GELU, as torch's": ("other function", {"gelu": "erf"}, {}),
     "no attention": ("ablation", {"attention": "none"}, {}),
     "no GELU": ("ablation", {"gelu": "none"}, {}),
