@@ -334,3 +334,31 @@ def test_model_step_jobs_build_only_the_settings_picked(monkeypatch):
     assert list(variants) == ["jit", "a", "b"] and info["flops_per_item"] == 0.25
     with pytest.raises(ValueError, match="no setting"):
         jax_side._steps("cfg", (8, 8, 3), params, kernels, pick=lambda n: ["c"])
+
+
+def test_every_job_builds_only_the_settings_picked_and_refuses_others():
+    from experiments.bench import jax_side, peers
+
+    params = {**peers.JOBS["dense_stack"][0], **peers.JOBS["dense_stack"][1]}
+    variants, info = jax_side.dense_stack(params, pick=lambda names: names[1:])
+    assert list(variants) == ["jit, 3-D tokens"] and info["flops_per_item"] > 0
+    assert list(jax_side.dense_stack(params)[0]) == ["jit", "jit, 3-D tokens"]
+    for job in peers.JOBS:  # a name no job has: one clear error, before any build
+        params = {**peers.JOBS[job][0], **peers.JOBS[job][1]}
+        with pytest.raises(ValueError, match="no setting \\['nope'\\] in this job"):
+            jax_side.JOBS[job](params, pick=lambda names: ["nope"])
+
+
+@pytest.mark.slow
+def test_peer_bench_settings_filter_the_ssl_jax_side(capsys):
+    from experiments.bench import peers
+
+    argv = ["--toy", "--ssl-jax-only", "--jobs", "dense_stack", "augment32"]
+    rows = peers.main([*argv, "--settings", "jit"])
+    assert [(r["job"], r["setting"]) for r in rows] == [
+        ("dense_stack", "jit"),
+        ("augment32", "jit"),
+    ]
+    assert "--settings ['jit']" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="augment32: --settings .*its settings: \\['jit', "):
+        peers.main([*argv, "--settings", "jit, 3-D tokens"])

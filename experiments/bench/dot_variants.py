@@ -115,6 +115,15 @@ def _spread(ts):
     return (max(ts) - min(ts)) / statistics.median(ts)
 
 
+def compare_forms(fns, args, repeats, per_call):
+    """Compiles each of ``fns`` on ``args``, runs each once, then times them in
+    turn. Returns their outputs (numpy), medians (s) and spreads (formatted)."""
+    forms = [compiled(f, *args) for f in fns]
+    outs = [jax.tree.map(np.asarray, f(*args)) for f in forms]
+    medians, times = time_in_turn([lambda f=f: f(*args) for f in forms], repeats, per_call)
+    return outs, medians, " / ".join(f"{100 * _spread(ts):.0f}%" for ts in times)
+
+
 def wgrad(shapes, repeats, per_call):
     rng = np.random.default_rng(0)
     print(
@@ -125,12 +134,10 @@ def wgrad(shapes, repeats, per_call):
     for n, d_in, d_out, layer in shapes:
         x = jnp.asarray(rng.normal(size=(n, d_in)).astype(np.float32))
         g = jnp.asarray(rng.normal(size=(n, d_out)).astype(np.float32))
-        forms = [compiled(f, x, g) for f in (wgrad_autodiff, wgrad_reoriented)]
-        a, b = (np.asarray(f(x, g)) for f in forms)
-        diff = float(np.max(np.abs(a - b)))
-        (ta, tb), times = time_in_turn(
-            [lambda f=f, x=x, g=g: f(x, g) for f in forms], repeats, per_call
+        (a, b), (ta, tb), spreads = compare_forms(
+            (wgrad_autodiff, wgrad_reoriented), (x, g), repeats, per_call
         )
+        diff = float(np.max(np.abs(a - b)))
         flops = 2.0 * n * d_in * d_out
         row = {
             "layer": layer,
@@ -141,7 +148,6 @@ def wgrad(shapes, repeats, per_call):
             "diff": diff,
         }
         rows.append(row)
-        spreads = " / ".join(f"{100 * _spread(ts):.0f}%" for ts in times)
         print(
             f"| {layer} | [{n}, {d_in}] -> [{d_in}, {d_out}] | {1e3 * ta:.2f} | "
             f"{flops / ta / 1e9:.0f} | {1e3 * tb:.2f} | {flops / tb / 1e9:.0f} | "
@@ -159,12 +165,10 @@ def concurrency(shapes, repeats, per_call):
     for k, n, d_in, d_out in shapes:
         xs = [jnp.asarray(rng.normal(size=(n, d_in)).astype(np.float32)) for _ in range(k)]
         ws = [jnp.asarray(rng.normal(size=(d_in, d_out)).astype(np.float32)) for _ in range(k)]
-        forms = [compiled(f, xs, ws) for f in (dots_together, dots_in_turn)]
-        a, b = (np.stack(f(xs, ws)) for f in forms)
-        assert np.array_equal(a, b), "the chained dots changed the result"
-        (ta, tb), times = time_in_turn(
-            [lambda f=f, xs=xs, ws=ws: f(xs, ws) for f in forms], repeats, per_call
+        (a, b), (ta, tb), spreads = compare_forms(
+            (dots_together, dots_in_turn), (xs, ws), repeats, per_call
         )
+        assert np.array_equal(np.stack(a), np.stack(b)), "the chained dots changed the result"
         rows.append(
             {
                 "dots": (k, n, d_in, d_out),
@@ -173,7 +177,6 @@ def concurrency(shapes, repeats, per_call):
                 "speed": ta / tb,
             }
         )
-        spreads = " / ".join(f"{100 * _spread(ts):.0f}%" for ts in times)
         print(
             f"| {k} x [{n}, {d_in}] . [{d_in}, {d_out}] | {1e3 * ta:.2f} | {1e3 * tb:.2f} | "
             f"{ta / tb:.2f}x | {spreads} |"

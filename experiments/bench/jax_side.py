@@ -100,24 +100,31 @@ def with_kernels(setting, selection, build):
             module.configure("xla")
 
 
+def chosen(names, pick=None) -> list[str]:
+    """The settings of a job to build: ``pick(names) -> names`` applied to all
+    its setting names (in order), default all. A name the job lacks is a
+    ValueError that lists the job's settings. Every job function takes ``pick``."""
+    out = list(pick(names)) if pick else list(names)
+    if unknown := [n for n in out if n not in names]:
+        raise ValueError(f"no setting {unknown} in this job; its settings: {list(names)}")
+    return out
+
+
 def _steps(config, shape, params, kernels=(), pick=None):
     """The pretraining step as ssl_jax compiles it with XLA's kernels ("jit"), and
     again with each of ``kernels`` ((setting, [(module, mode), ...]): ssl_jax's
     CPU kernels, as the config selects them) configured. FLOPs are the "jit" step's:
     XLA does not count the work of custom calls (no FLOPs where "jit" is not built).
 
-    ``pick(names) -> names``: which of the settings (all their names, in order)
-    to build; default all. Each compile of a full step takes tens of seconds."""
-    names = ["jit", *(setting for setting, _ in kernels)]
-    chosen = list(pick(names)) if pick else names
-    if unknown := [n for n in chosen if n not in names]:
-        raise ValueError(f"no setting {unknown} in this job; its settings: {names}")
+    ``pick``: which settings to build (``chosen``). Each compile of a full
+    step takes tens of seconds."""
+    picked = chosen(["jit", *(setting for setting, _ in kernels)], pick)
     steps, runs, info = params["steps"], {}, {}
-    if "jit" in chosen:
+    if "jit" in picked:
         runs["jit"], flops = pretrain_step(config, shape, EIGEN_CONV)
         info["flops_per_item"] = flops / params["batch"]
     for setting, selection in kernels:
-        if setting not in chosen:
+        if setting not in picked:
             continue
         build = functools.partial(pretrain_step, config, shape, EIGEN_CONV)
         if (own := with_kernels(setting, selection, build)) is not None:
@@ -206,24 +213,29 @@ def _grad_steps(module, params, setting="jit"):
     return {setting: go}, {"flops_per_item": cost_flops(exe) / params["batch"]}
 
 
-def _vit_grad_steps(module, params):
+def _vit_grad_steps(module, params, pick=None):
     """``_grad_steps`` with XLA's kernels ("jit"), with the fused attention core,
-    and with all of the ViT's fused kernels (attention core, GELU, LayerNorm)."""
-    variants, info = _grad_steps(module, params)
-    for setting, selection in (FUSED_ATTENTION, VIT_KERNELS):
+    and with all of the ViT's fused kernels (attention core, GELU, LayerNorm).
+    FLOPs are the "jit" setting's (none where it is not picked)."""
+    kernels = (FUSED_ATTENTION, VIT_KERNELS)
+    picked = chosen(["jit", *(setting for setting, _ in kernels)], pick)
+    variants, info = _grad_steps(module, params) if "jit" in picked else ({}, {})
+    for setting, selection in kernels:
+        if setting not in picked:
+            continue
         fused = with_kernels(setting, selection, lambda s=setting: _grad_steps(module, params, s))
         if fused is not None:
             variants.update(fused[0])
     return variants, info
 
 
-def vit_blocks(params, peer_info=None):
+def vit_blocks(params, peer_info=None, pick=None):
     """ssl_jax's ViT encoder blocks (vit.Encoder: pre-LN blocks, final LayerNorm)."""
     p = params
-    return _vit_grad_steps(vit.Encoder(p["depth"], p["heads"], p["mlp"]), p)
+    return _vit_grad_steps(vit.Encoder(p["depth"], p["heads"], p["mlp"]), p, pick)
 
 
-def attention(params, peer_info=None):
+def attention(params, peer_info=None, pick=None):
     """ssl_jax's attention core (``vit.attention_core``), forward and backward
     of mean(out^2) with respect to q, k and v ([batch, tokens, heads, head_dim]),
     compiled as ssl_jax compiles (the Eigen switch), with YNNPACK dots, and fused
@@ -243,11 +255,12 @@ def attention(params, peer_info=None):
     settings = {"jit": (EIGEN_CONV, "xla"), "jit, YNNPACK dots": (YNN_DOTS, "xla")}
     settings["jit, fused (cpu_attention=fused)"] = (EIGEN_CONV, "fused")
     variants, flops = {}, 0.0
-    for name, (options, mode) in settings.items():
+    for name in chosen(list(settings), pick):
+        options, mode = settings[name]
         compile_it = lambda options=options: grad().compile(compiler_options=options)  # noqa: E731
         if (exe := with_kernels(name, [(attention_kernels, mode)], compile_it)) is None:
             continue
-        flops = flops or cost_flops(exe)  # of the first, as XLA compiles it
+        flops = flops or cost_flops(exe)  # of the first built, as XLA compiles it
 
         def go(exe=exe):
             for _ in range(p["steps"]):
@@ -260,17 +273,19 @@ def attention(params, peer_info=None):
     return variants, {"flops_per_item": flops / p["batch"]}
 
 
-def dense_stack(params, peer_info=None):
-    """As ssl_jax's ViT runs them (rows), and on 3-D tokens for comparison:
+def dense_stack(params, peer_info=None, pick=None):
+    """As ssl_jax's ViT runs them (rows, "jit"), and on 3-D tokens for comparison:
     there XLA's CPU backend feeds every weight gradient a transposed copy."""
-    variants, info = _grad_steps(DenseStack(params["depth"], params["mlp"]), params)
-    on_3d, _ = _grad_steps(
-        DenseStack(params["depth"], params["mlp"], rows=False), params, "jit, 3-D tokens"
-    )
-    return {**variants, **on_3d}, info
+    variants, info = {}, {}
+    for name in chosen(["jit", "jit, 3-D tokens"], pick):
+        module = DenseStack(params["depth"], params["mlp"], rows=name == "jit")
+        built, flops = _grad_steps(module, params, name)
+        variants.update(built)
+        info = info or flops  # the first built's
+    return variants, info
 
 
-def augment(params, peer_info=None):
+def augment(params, peer_info=None, pick=None):
     """SimCLR's two views of every image of a batch (crop, flip, colour jitter,
     grayscale; Gaussian blur at 224), ``batches`` batches per repeat."""
     size, src = params["size"], params["source"]
@@ -285,9 +300,10 @@ def augment(params, peer_info=None):
     variants = {}
     # The default (pp.chunk_size=-1, auto: pp.builder.auto_chunk_size picks by
     # the ops and the image size) and, for comparison, the two explicit ways.
-    for name, chunk in (("jit", -1), ("jit, one at a time", 1), ("jit, vmap chunks of 64", 64)):
+    chunks = {"jit": -1, "jit, one at a time": 1, "jit, vmap chunks of 64": 64}
+    for name in chosen(list(chunks), pick):
         with c.unlocked():
-            c.pp.chunk_size = chunk
+            c.pp.chunk_size = chunks[name]
         views = jax.jit(PretrainModel(c, parallel.make_mesh(), (src, src, 3)).views_fn)
 
         def go(views=views):
@@ -301,11 +317,12 @@ def augment(params, peer_info=None):
     return variants, {}
 
 
-def linear_probe_job(params, peer_info=None):
+def linear_probe_job(params, peer_info=None, pick=None):
     """Multinomial logistic regression on standardised features, one L2
     strength, full-batch (``params["method"]``: L-BFGS or Adam) for as few
     iterations as reach the peer's val accuracy (the count is searched here,
     untimed)."""
+    chosen(["jit"], pick)  # the one setting
     x, y, xv, yv = data.features(params["train"], params["val"], params["dim"], params["classes"])
     l2 = jnp.asarray([params["l2"]], jnp.float32)
     target = (peer_info or {}).get("val_acc", 0.0) - params.get("tolerance", 0.001)
@@ -338,8 +355,9 @@ def linear_probe_job(params, peer_info=None):
     return {"jit": go}, {"val_acc": acc, "setting": f"{steps} {name}"}
 
 
-def knn_job(params, peer_info=None):
+def knn_job(params, peer_info=None, pick=None):
     """Cosine kNN, k neighbours, every test item against every train item."""
+    chosen(["jit"], pick)  # the one setting
     x, y, xt, yt = data.features(params["train"], params["test"], params["dim"], params["classes"])
     x, y, xt = jnp.asarray(x), jnp.asarray(y), jnp.asarray(xt)
     out = {}
@@ -355,9 +373,10 @@ def knn_job(params, peer_info=None):
     return {"jit": go}, {"test_acc": out["acc"]}
 
 
-def acquisition_job(params, peer_info=None):
+def acquisition_job(params, peer_info=None, pick=None):
     """Score the pool and select ``budget`` unlabelled items with one strategy;
     inputs are logits (softmax included in the timing) and embeddings."""
+    chosen(["jit"], pick)  # the one setting
     emb, logits, _, labelled = data.pool(params["pool"], params["dim"], params["classes"])
     strategy = params["strategy"]
     softmax = jax.jit(jax.nn.softmax)
@@ -374,8 +393,9 @@ def acquisition_job(params, peer_info=None):
     return {"jit": go}, {}
 
 
-def matmul(params, peer_info=None):
+def matmul(params, peer_info=None, pick=None):
     """float32 n x n matmul: this CPU's reachable peak, in the same run."""
+    chosen(["jit"], pick)  # the one setting
     n = params["n"]
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.normal(size=(n, n)).astype(np.float32))

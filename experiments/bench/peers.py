@@ -14,8 +14,13 @@ rate of this CPU, measured in the same run, is the peak that model steps' GFLOP/
 (XLA's FLOP count of the ssl_jax step, the same work on both sides) are a
 fraction of.
 
-Worker protocol (JSON lines): the driver writes {"job", "params", "peer_info"}
-then {"run": variant} lines; the worker answers {"variants", "info"} and then
+``--settings`` builds only the named ssl_jax settings of each selected job
+(every one of them must have them; ``matmul``, the peak, always runs); the
+peers' settings all run.
+
+Worker protocol (JSON lines): the driver writes {"job", "params", "peer_info",
+"settings"} then {"run": variant} lines; the worker answers {"variants",
+"info"} (or {"error"} where the settings are not the job's) and then
 {"seconds", "items"}; it answers on a private copy of stdout, so whatever the
 libraries print goes to stderr.
 """
@@ -155,7 +160,16 @@ def worker(side: str):
     for line in sys.stdin:
         msg = json.loads(line)
         if "job" in msg:
-            variants, info = impl.JOBS[msg["job"]](msg["params"], msg.get("peer_info"))
+            kw = {}
+            if settings := msg.get("settings"):  # the ssl_jax side only
+                kw["pick"] = lambda names, settings=settings: settings
+            try:
+                variants, info = impl.JOBS[msg["job"]](msg["params"], msg.get("peer_info"), **kw)
+            except ValueError as e:
+                if not kw:
+                    raise
+                out.write(json.dumps({"error": str(e)}) + "\n")
+                continue
             out.write(json.dumps({"variants": list(variants), "info": info}) + "\n")
         elif "run" in msg:
             t = time.perf_counter()
@@ -192,12 +206,18 @@ class Worker:
         self.proc.wait()
 
 
-def measure(workers: dict, job: str, params: dict, repeats: int) -> dict:
+def measure(workers: dict, job: str, params: dict, repeats: int, settings=None) -> dict:
     """{(side, variant): {"times": [...], "items": n, "info": {...}}}; peers are
-    set up first so the ssl_jax side can aim at the peer's accuracy."""
+    set up first so the ssl_jax side can aim at the peer's accuracy.
+    ``settings``: the ssl_jax settings to build (default all)."""
     results, peer_info = {}, {}
     for side in sorted(workers, key=lambda s: s == "ssl_jax"):
-        setup = workers[side].ask({"job": job, "params": params, "peer_info": peer_info})
+        msg = {"job": job, "params": params, "peer_info": peer_info}
+        if side == "ssl_jax" and settings:
+            msg["settings"] = settings
+        setup = workers[side].ask(msg)
+        if "error" in setup:
+            sys.exit(f"{job}: --settings {settings}: {setup['error']}")
         if side != "ssl_jax":
             peer_info = setup["info"]
         for v in setup["variants"]:
@@ -311,6 +331,13 @@ def main(argv=None):
         metavar="KEY=VALUE",
         help="override a parameter (e.g. width=128) in every selected job that has it",
     )
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="build only these ssl_jax settings (e.g. jit) in every selected job but matmul",
+    )
     p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -329,6 +356,7 @@ def main(argv=None):
         f"{os.cpu_count()} cores; {versions(None if a.ssl_jax_only else a.peer_python)}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
         + (f"; --set {' '.join(a.set)}" if a.set else "")
+        + (f"; --settings {a.settings}" if a.settings else "")
     )
     print(header, flush=True)
     jobs = ["matmul", *[j for j in a.jobs if j != "matmul"]]
@@ -341,7 +369,8 @@ def main(argv=None):
                 params.update({k: v for k, v in overrides.items() if k in JOBS[job][0]})
             n = 1 if a.toy else (a.repeats or repeats)
             print(f"{job}: {n} repeats per setting ...", file=sys.stderr, flush=True)
-            new = rows_for(job, unit, measure(workers, job, params, n), peak)
+            settings = a.settings if job != "matmul" else None
+            new = rows_for(job, unit, measure(workers, job, params, n, settings), peak)
             if job == "matmul":
                 peak = max(r["gflops"] for r in new)
             if job in a.jobs:
