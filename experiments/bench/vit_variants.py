@@ -13,7 +13,10 @@ same [batch, tokens, width] input; the shapes default to mae_step's encoder
 Eigen conv path); "before" is the same blocks as ssl_jax built them before
 its ViT applied its dense layers to flattened rows. The rewrites keep the
 function (the same math up to float rounding); the ablations drop a part to
-show what it costs; the options recompile the baseline. All are timed in
+show what it costs; the options recompile the baseline. The rewrites and
+ablations are built from the rebuilt blocks: compare them with the check row
+("same blocks, rebuilt here"), whose graph differs from the baseline's by a
+fusion per block (RESULTS.md, "The MAE step, op by op"). All are timed in
 turn (A B C ... A B C ...) after a warm-up, medians of ``--repeats``;
 "speed" is the baseline's median over the variant's (above 1: faster).
 """
@@ -250,7 +253,7 @@ class Stack(nn.Module):
 BASE = "ssl_jax vit.Encoder"
 VARIANTS = {
     BASE: ("baseline", None, {}),
-    "same blocks, rebuilt here": ("check: should equal the baseline", {}, {}),
+    "same blocks, rebuilt here": ("check: the same function from flax parts", {}, {}),
     "before: flax attention, dense layers on 3-D tokens": (
         "before",
         {"attention": "flax", "rows": False},
