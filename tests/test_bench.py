@@ -345,7 +345,7 @@ def test_every_job_builds_only_the_settings_picked_and_refuses_others():
     assert list(jax_side.dense_stack(params)[0]) == ["jit", "jit, 3-D tokens"]
     for job in peers.JOBS:  # a name no job has: one clear error, before any build
         params = {**peers.JOBS[job][0], **peers.JOBS[job][1]}
-        with pytest.raises(ValueError, match="no setting \\['nope'\\] in this job"):
+        with pytest.raises(jax_side.UnknownSetting, match="no setting \\[.nope.\\] in this job"):
             jax_side.JOBS[job](params, pick=lambda names: ["nope"])
 
 

@@ -100,13 +100,17 @@ def with_kernels(setting, selection, build):
             module.configure("xla")
 
 
+class UnknownSetting(ValueError):
+    """A setting name that a job does not have."""
+
+
 def chosen(names, pick=None) -> list[str]:
     """The settings of a job to build: ``pick(names) -> names`` applied to all
-    its setting names (in order), default all. A name the job lacks is a
-    ValueError that lists the job's settings. Every job function takes ``pick``."""
+    its setting names (in order), default all. A name the job lacks raises
+    ``UnknownSetting``, listing the job's settings. Every job function takes ``pick``."""
     out = list(pick(names)) if pick else list(names)
     if unknown := [n for n in out if n not in names]:
-        raise ValueError(f"no setting {unknown} in this job; its settings: {list(names)}")
+        raise UnknownSetting(f"no setting {unknown} in this job; its settings: {list(names)}")
     return out
 
 

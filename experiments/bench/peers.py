@@ -165,9 +165,7 @@ def worker(side: str):
                 kw["pick"] = lambda names, settings=settings: settings
             try:
                 variants, info = impl.JOBS[msg["job"]](msg["params"], msg.get("peer_info"), **kw)
-            except ValueError as e:
-                if not kw:
-                    raise
+            except getattr(impl, "UnknownSetting", ()) as e:  # jax_side's only
                 out.write(json.dumps({"error": str(e)}) + "\n")
                 continue
             out.write(json.dumps({"variants": list(variants), "info": info}) + "\n")
