@@ -7,7 +7,7 @@
 The job is set up as ``peers.py`` sets it up (experiments/bench/jax_side.py,
 same parameters; ``--set`` overrides them), in one of its settings (default:
 the last, ssl_jax's defaults, e.g. the fused ViT kernels for the MAE jobs;
-the model steps build only that one), warmed up, then run ``--repeats``
+only that one is built), warmed up, then run ``--repeats``
 times under ``jax.profiler.trace``.
 
 On XLA's CPU backend each op of the compiled step leaves a start event
@@ -138,7 +138,7 @@ def main(argv=None):
     # Build only the setting traced (a model step compiles for tens of seconds).
     try:
         variants, _ = setup(params, None, pick=lambda names: [a.setting or names[-1]])
-    except ValueError as e:
+    except jax_side.UnknownSetting as e:
         sys.exit(f"--setting {a.setting!r}: {e}")
     if not variants:
         sys.exit(f"{a.job}: the setting {a.setting or '(the last)'} could not be built (see above)")
